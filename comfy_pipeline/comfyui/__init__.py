@@ -1,0 +1,1 @@
+"""ComfyUI protocol client. No Dagster here: this is usable on its own."""
