@@ -1,0 +1,425 @@
+"""The four software-defined assets: prompt -> generated_image -> ltx2_video -> validation_report.
+
+Images and videos are files in the output folder, not IO-manager pickles: each asset records their paths,
+hashes, sizes and previews as metadata, and downstream assets find this run's files through the run's
+materialization events (lineage stays in Dagster, bytes stay on disk).
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from comfy_pipeline import outputs
+from comfy_pipeline.comfyui.errors import ComfyUIError
+from comfy_pipeline.config import PromptConfig, VideoConfig
+from comfy_pipeline.generation import Job, JobResult, run_batch
+from comfy_pipeline.media import MediaError, check_image, check_video, image_preview_markdown, probe_image, probe_video, video_preview_markdown
+from comfy_pipeline.progress import ProgressLogger
+from comfy_pipeline.prompts import PromptError, PromptSpec, check_text, library_specs
+from comfy_pipeline.resources import ComfyUIResource, QualityThresholds
+from comfy_pipeline.workflows import WorkflowError, load_workflow
+
+GROUP = "comfy"
+IMAGE_WORKFLOW = "z_image_turbo_generation"
+VIDEO_WORKFLOW = "ltx2_image_to_video"
+IMAGE_CHECKS = ("format", "file_size", "decodes", "dimensions")
+VIDEO_CHECKS = ("format", "file_size", "decodes", "duration", "frame_count", "fps", "dimensions")
+MAX_PREVIEWS = 6
+
+
+@dg.asset(group_name=GROUP, kinds={"python"}, description="The prompt specs of this run (run config, else the prompt library).")
+def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output[list[dict]]:
+    try:
+        if config.prompts:
+            specs = [_checked_spec(p.to_spec()) for p in config.prompts]
+        else:
+            library = library_specs()
+            specs = library if config.use_library else library[:1]
+    except PromptError as exc:
+        raise dg.Failure(description=f"Bad prompt in run config: {exc}", allow_retries=False) from None
+    table = "\n".join(
+        ["| # | prompt | motion | seed | size | frames @ fps |", "|---|---|---|---|---|---|"]
+        + [
+            f"| {i} | {_md(s.text)} | {_md(s.motion_prompt or s.text)} | {s.seed} | {s.width}x{s.height} | {s.frames} @ {s.fps} |"
+            for i, s in enumerate(specs)
+        ]
+    )
+    context.log.info(f"{len(specs)} prompt(s) in this run")
+    return dg.Output(
+        [s.to_dict() for s in specs],
+        metadata={"count": len(specs), "prompts": dg.MetadataValue.md(table), "first_prompt": specs[0].text},
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"comfyui", "image"},
+    description="One Z-Image-Turbo image per prompt, all queued on the ComfyUI server together.",
+    check_specs=[
+        dg.AssetCheckSpec(f"image_{name}", asset="generated_image", blocking=True, description=f"Image check: {name}")
+        for name in IMAGE_CHECKS
+    ],
+)
+def generated_image(
+    context: dg.AssetExecutionContext, prompt: list[dict], comfy: ComfyUIResource, quality: QualityThresholds
+) -> dg.MaterializeResult:
+    specs = [PromptSpec(**p) for p in prompt]
+    workflow = _load(IMAGE_WORKFLOW)
+    server = _server_info(context, comfy)
+    folder = outputs.kind_dir(_run_folder(context, comfy), "images")
+    run_tag = context.run_id[:8]
+    jobs = []
+    for i, spec in enumerate(specs):
+        values = {"prompt": spec.text, "seed": spec.seed, "width": spec.width, "height": spec.height}
+        jobs.append(
+            Job(
+                key=f"prompt {i}",
+                workflow=workflow,
+                values=values,
+                filename_prefix=f"comfy_pipeline/{run_tag}/image_{i:02d}",
+                dest_dir=folder,
+                dest_stem=f"{i:02d}_{outputs.slugify(spec.text)}_seed{spec.seed}",
+            )
+        )
+    results = _run(context, comfy, jobs)
+    items = []
+    for spec, result in zip(specs, results):
+        started = time.monotonic()
+        path = result.files[0]
+        checks = check_image(path, width=spec.width, height=spec.height, thresholds=quality.image())
+        item = _item(spec, result, workflow, server, checks, time.monotonic() - started)
+        try:
+            info = probe_image(path)
+            item.update(width=info.width, height=info.height, format=info.format)
+        except MediaError:
+            pass
+        items.append(item)
+    return _materialize(context, "generated_image", items, server, IMAGE_CHECKS, image_preview_markdown)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"comfyui", "video"},
+    deps=[generated_image],
+    description="An LTX-2 video from each image: uploaded to ComfyUI, animated, downloaded as MP4.",
+    check_specs=[
+        dg.AssetCheckSpec(f"video_{name}", asset="ltx2_video", description=f"Video check: {name}") for name in VIDEO_CHECKS
+    ],
+)
+def ltx2_video(
+    context: dg.AssetExecutionContext, config: VideoConfig, comfy: ComfyUIResource, quality: QualityThresholds
+) -> dg.MaterializeResult:
+    sources = _video_sources(context, config)
+    workflow = _load(VIDEO_WORKFLOW)
+    server = _server_info(context, comfy)
+    folder = outputs.kind_dir(_run_folder(context, comfy), "videos")
+    run_tag = context.run_id[:8]
+    jobs = []
+    for i, (spec, image) in enumerate(sources):
+        values = {"prompt": spec.motion_prompt or spec.text, "seed": spec.seed, "frames": spec.frames, "fps": spec.fps}
+        if spec.negative_prompt:
+            values["negative_prompt"] = spec.negative_prompt
+        jobs.append(
+            Job(
+                key=f"video {i}",
+                workflow=workflow,
+                values=values,
+                filename_prefix=f"comfy_pipeline/{run_tag}/video_{i:02d}",
+                dest_dir=folder,
+                dest_stem=f"{i:02d}_{outputs.slugify(spec.motion_prompt or spec.text)}_seed{spec.seed}",
+                upload=image,
+            )
+        )
+    results = _run(context, comfy, jobs)
+    width = workflow.defaults().get("width")
+    height = workflow.defaults().get("height")
+    items = []
+    for (spec, image), result in zip(sources, results):
+        started = time.monotonic()
+        path = result.files[0]
+        checks = check_video(
+            path, width=width, height=height, frames=spec.frames, fps=spec.fps, thresholds=quality.video()
+        )
+        item = _item(spec, result, workflow, server, checks, time.monotonic() - started)
+        item["input_image"] = str(image)
+        try:
+            info = probe_video(path)
+            item.update(
+                width=info.width, height=info.height, duration_s=round(info.duration, 3), fps=info.fps,
+                frame_count=info.frame_count, codec=info.codec, container=info.container,
+            )
+        except MediaError:
+            pass
+        items.append(item)
+    return _materialize(context, "ltx2_video", items, server, VIDEO_CHECKS, video_preview_markdown)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas", "json", "csv"},
+    deps=[generated_image, ltx2_video],
+    description="Every check of every output of this run, one row each, written as JSON and CSV.",
+    check_specs=[dg.AssetCheckSpec("all_outputs_valid", asset="validation_report", blocking=True)],
+)
+def validation_report(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> dg.MaterializeResult:
+    produced = _this_run_items(context)
+    if not produced:
+        raise dg.Failure(description="Nothing to report: no image or video was produced in this run.")
+    rows, timings, backends = [], {}, set()
+    for asset_name, meta in produced.items():
+        backends.add(meta.get("backend", "?"))
+        for phase, seconds in (meta.get("timings_s") or {}).items():
+            timings[phase] = round(timings.get(phase, 0.0) + seconds, 4)
+        for item in meta["items"]:
+            for check in item["checks"]:
+                rows.append(
+                    {
+                        "prompt": item["prompt"], "asset": asset_name, "check": check["name"],
+                        "passed": bool(check["passed"]), "value": _cell(check["value"]),
+                        "expected": _cell(check["expected"]), "path": item["path"], "message": check["message"],
+                    }
+                )
+    frame = pd.DataFrame(rows, columns=["prompt", "asset", "check", "passed", "value", "expected", "path", "message"])
+    folder = outputs.kind_dir(_run_folder(context, comfy), "reports")
+    backend = ", ".join(sorted(backends))
+    summary = {
+        "run_id": context.run_id, "backend": backend, "passed": int(frame["passed"].sum()),
+        "failed": int((~frame["passed"]).sum()), "timings_s": timings, "rows": frame.to_dict("records"),
+    }
+    json_path = outputs.write_json(outputs.confined(folder, "validation_report.json"), summary)
+    csv_path = outputs.write_atomic(outputs.confined(folder, "validation_report.csv"), frame.to_csv(index=False).encode("utf-8"))
+    failed = frame[~frame["passed"]]
+    context.log.info(f"validation report: {summary['passed']} passed, {summary['failed']} failed -> {json_path}")
+    table = frame[["prompt", "asset", "check", "passed", "value", "expected"]].assign(prompt=frame["prompt"].map(_md))
+    return dg.MaterializeResult(
+        metadata={
+            "backend": backend,
+            "passed": summary["passed"],
+            "failed": summary["failed"],
+            "report_json": dg.MetadataValue.path(str(json_path)),
+            "report_csv": dg.MetadataValue.path(str(csv_path)),
+            "timings_s": dg.MetadataValue.json(timings),
+            "report": dg.MetadataValue.md(_md_table(table)),
+            "dagster/row_count": len(frame),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="all_outputs_valid",
+                passed=failed.empty,
+                metadata={"failed_checks": dg.MetadataValue.json(failed[["asset", "check", "path", "message"]].to_dict("records"))},
+                description=None if failed.empty else f"{len(failed)} check(s) failed; see {json_path}",
+            )
+        ],
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _checked_spec(spec: PromptSpec) -> PromptSpec:
+    check_text(spec.text)
+    for text in (spec.motion_prompt, spec.negative_prompt):
+        if text is not None:
+            check_text(text)
+    return spec
+
+
+def _load(name: str):
+    try:
+        return load_workflow(name)
+    except WorkflowError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def _server_info(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> dict[str, Any]:
+    try:
+        info = comfy.server_info()
+    except ComfyUIError as exc:
+        raise dg.Failure(description=str(exc), metadata={"comfyui_url": comfy.display_url}) from None
+    if info["backend"] == "simulator":
+        context.log.warning(
+            f"backend: simulator -- COMFYUI_URL is not set, so an offline ComfyUI simulator at {info['url']} makes "
+            "placeholder pictures. Set COMFYUI_URL to use a real GPU server."
+        )
+    else:
+        context.log.info(f"ComfyUI {info['comfyui_version']} at {info['url']} on {info['gpu']}")
+    return info
+
+
+def _run_folder(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> Path:
+    record = context.instance.get_run_record_by_id(context.run_id)
+    started = record.create_timestamp.timestamp() if record else time.time()
+    return outputs.run_dir(comfy.output_dir, context.run_id, started)
+
+
+def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[Job]) -> list[JobResult]:
+    progress = ProgressLogger(context.log)
+    try:
+        results = run_batch(
+            comfy.get_client(), jobs, max_in_flight=comfy.max_in_flight,
+            prompt_timeout=comfy.prompt_timeout, on_progress=progress,
+        )
+    except (ComfyUIError, WorkflowError) as exc:
+        raise dg.Failure(description=str(exc), metadata=_failure_metadata(exc), allow_retries=False) from None
+    failed = [r for r in results if not r.ok]
+    if failed:
+        lines = [f"{r.job.key}: {r.error}" for r in failed]
+        kept = [str(p) for r in results if r.ok for p in r.files]
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(results)} prompt(s) failed:\n" + "\n".join(lines),
+            metadata={**_failure_metadata(failed[0].error), "kept_outputs": dg.MetadataValue.json(kept)},
+        )
+    for result in results:
+        context.log.info(f"{result.job.key}: {result.files[0]} (prompt {result.prompt_id})")
+    return results
+
+
+def _failure_metadata(error: BaseException | None) -> dict[str, Any]:
+    node = getattr(error, "node_id", None)
+    meta: dict[str, Any] = {"error_type": type(error).__name__}
+    if node:
+        meta["comfyui_node"] = f"{node} ({getattr(error, 'node_type', None) or '?'})"
+    return meta
+
+
+def _item(spec: PromptSpec, result: JobResult, workflow, server: dict, checks, validation_s: float) -> dict[str, Any]:
+    path = result.files[0]
+    timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(validation_s, 4)}
+    return {
+        "prompt": spec.text, "spec": {k: v for k, v in spec.to_dict().items() if k != "extra"}, "seed": spec.seed,
+        "requested_size": f"{spec.width}x{spec.height}", "workflow": workflow.name, "workflow_sha256": workflow.sha256,
+        "prompt_id": result.prompt_id, "backend": server["backend"], "comfyui_version": server["comfyui_version"],
+        "gpu": server["gpu"], "path": str(path), "size_bytes": path.stat().st_size,
+        "sha256": _sha256(path), "timings_s": timings, "cached_nodes": result.cached_nodes,
+        "checks": [
+            {"name": c.name, "passed": c.passed, "value": _cell(c.value), "expected": _cell(c.expected), "message": c.message}
+            for c in checks
+        ],
+    }
+
+
+def _materialize(context, asset_name: str, items: list[dict], server: dict, check_names, preview) -> dg.MaterializeResult:
+    phases: dict[str, float] = {"connection": server["connection_s"]}
+    for item in items:
+        for phase, seconds in item["timings_s"].items():
+            phases[phase] = round(phases.get(phase, 0.0) + seconds, 4)
+    first = items[0]
+    metadata: dict[str, Any] = {
+        "backend": server["backend"],
+        "comfyui_url": server["url"],
+        "comfyui_version": server["comfyui_version"] or "?",
+        "gpu": server["gpu"] or "?",
+        "vram_total_gb": server["vram_total_gb"],
+        "workflow": first["workflow"],
+        "workflow_sha256": first["workflow_sha256"],
+        "count": len(items),
+        "prompt": first["prompt"],
+        "seed": first["seed"],
+        "prompt_id": first["prompt_id"],
+        "path": dg.MetadataValue.path(first["path"]),
+        "size_bytes": first["size_bytes"],
+        "sha256": first["sha256"],
+        "queue_wait_s": first["timings_s"].get("queue_wait", 0.0),
+        "execution_s": first["timings_s"].get("execution", 0.0),
+        "download_s": first["timings_s"].get("download", 0.0),
+        "timings_s": dg.MetadataValue.json(phases),
+        "items": dg.MetadataValue.json(items),
+        "preview": dg.MetadataValue.md("\n\n".join(_preview(preview, item) for item in items[:MAX_PREVIEWS])),
+    }
+    for key in ("width", "height", "format", "duration_s", "fps", "frame_count", "codec", "container"):
+        if key in first:
+            metadata[key] = first[key]
+    prefix = "image_" if asset_name == "generated_image" else "video_"
+    check_results = []
+    for name in check_names:
+        per_item = [next(c for c in item["checks"] if c["name"] == name) for item in items]
+        bad = [f"{item['path']}: {c['message']}" for item, c in zip(items, per_item) if not c["passed"]]
+        check_results.append(
+            dg.AssetCheckResult(
+                check_name=f"{prefix}{name}",
+                passed=not bad,
+                metadata={"values": dg.MetadataValue.json([{"path": i["path"], "value": c["value"], "expected": c["expected"]} for i, c in zip(items, per_item)])},
+                description="; ".join(bad)[:2000] if bad else None,
+            )
+        )
+    for item in items:
+        failed = [c["name"] for c in item["checks"] if not c["passed"]]
+        if failed:
+            context.log.error(f"{item['path']} failed check(s) {failed}; the file is kept for inspection")
+    return dg.MaterializeResult(metadata=metadata, check_results=check_results)
+
+
+def _preview(make, item: dict) -> str:
+    try:
+        return f"**{_md(item['prompt'])[:120]}**\n\n{make(item['path'])}"
+    except MediaError as exc:
+        return f"**{_md(item['prompt'])[:120]}**: no preview ({exc})"
+
+
+def _video_sources(context: dg.AssetExecutionContext, config: VideoConfig) -> list[tuple[PromptSpec, Path]]:
+    if config.input_images:
+        sources = []
+        for raw in config.input_images:
+            image = Path(raw).expanduser()
+            try:
+                probe_image(image)
+            except MediaError as exc:
+                raise dg.Failure(description=f"input image {raw!r} cannot be used: {exc}", allow_retries=False) from None
+            text = config.motion_prompt or "Slow camera push-in"
+            try:
+                check_text(text, "motion prompt")
+            except PromptError as exc:
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
+            spec = PromptSpec(text=text, motion_prompt=text, negative_prompt=config.negative_prompt, seed=config.seed, frames=config.frames, fps=config.fps)
+            sources.append((spec, image))
+        return sources
+    images = _this_run_items(context).get("generated_image")
+    if not images:
+        raise dg.Failure(
+            description="No input image: this run generated none. Run image_to_video_job, or give "
+            "ops.ltx2_video.config.input_images in the run config.",
+            allow_retries=False,
+        )
+    sources = []
+    for item in images["items"]:
+        sources.append((PromptSpec(**item["spec"]), Path(item["path"])))
+    return sources
+
+
+def _this_run_items(context: dg.AssetExecutionContext) -> dict[str, dict]:
+    """asset name -> metadata (as plain values) of its materialization in this run."""
+    found: dict[str, dict] = {}
+    records = context.instance.get_records_for_run(
+        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    for record in records:
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is None:
+            continue
+        meta = {k: v.value for k, v in materialization.metadata.items()}
+        if "items" in meta:
+            found[materialization.asset_key.to_user_string()] = meta
+    return found
+
+
+def _sha256(path: Path) -> str:
+    from comfy_pipeline.media import sha256_file
+
+    return sha256_file(path)
+
+
+def _cell(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

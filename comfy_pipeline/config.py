@@ -1,0 +1,40 @@
+"""Run config of the assets, as the Dagster launchpad shows it."""
+
+import dagster as dg
+from pydantic import Field
+
+from comfy_pipeline.prompts import PromptSpec
+
+
+class PromptSpecConfig(dg.Config):
+    text: str = Field(description="What the image shows (the Z-Image-Turbo prompt).")
+    motion_prompt: str | None = Field(default=None, description="What happens in the video (LTX-2 prompt). Default: the image prompt.")
+    negative_prompt: str | None = Field(default=None, description="What the video should avoid. Default: the workflow's own.")
+    seed: int = Field(default=0, description="Seed of both workflows; the same seed gives the same output.")
+    width: int = Field(default=1024, description="Image width (multiple of 16).")
+    height: int = Field(default=784, description="Image height (multiple of 16).")
+    frames: int = Field(default=121, description="Video length in frames (8n+1: 9, 17, ..., 121).")
+    fps: int = Field(default=25, description="Video frame rate.")
+
+    def to_spec(self) -> PromptSpec:
+        return PromptSpec(**self.model_dump())
+
+
+class PromptConfig(dg.Config):
+    prompts: list[PromptSpecConfig] = Field(
+        default_factory=list,
+        description="The prompts of this run. Empty: the first prompt of the library (all of it with use_library).",
+    )
+    use_library: bool = Field(default=False, description="Run every prompt of the shipped prompt library.")
+
+
+class VideoConfig(dg.Config):
+    input_images: list[str] = Field(
+        default_factory=list,
+        description="Local images to animate (video_generation_job). Empty: the images generated earlier in this run.",
+    )
+    motion_prompt: str | None = Field(default=None, description="LTX-2 prompt for input_images.")
+    negative_prompt: str | None = None
+    seed: int = 0
+    frames: int = 121
+    fps: int = 25

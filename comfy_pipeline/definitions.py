@@ -1,0 +1,35 @@
+"""The Dagster code location: `dagster dev -w workspace.yaml`, `dagster job execute -m comfy_pipeline ...`."""
+
+import os
+
+import dagster as dg
+
+from comfy_pipeline.assets import generated_image, ltx2_video, prompt, validation_report
+from comfy_pipeline.jobs import comfyui_connection_job, image_generation_job, image_to_video_job, video_generation_job
+from comfy_pipeline.resources import ComfyUIResource, QualityThresholds
+from comfy_pipeline.schedules import daily_image_to_video_schedule
+from comfy_pipeline.sensors import failure_log_sensor, prompt_inbox_sensor
+
+
+def _env(name: str, default: str | None = None):
+    # EnvVar keeps the value out of the stored run config (secrets!); it is only usable when the variable is set.
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+comfy = ComfyUIResource(
+    url=_env("COMFYUI_URL"),
+    token=_env("COMFYUI_TOKEN"),
+    username=_env("COMFYUI_USERNAME"),
+    password=_env("COMFYUI_PASSWORD"),
+    output_dir=_env("COMFY_PIPELINE_OUTPUT_DIR", "comfy_outputs"),
+)
+
+defs = dg.Definitions(
+    assets=[prompt, generated_image, ltx2_video, validation_report],
+    jobs=[image_to_video_job, image_generation_job, video_generation_job, comfyui_connection_job],
+    schedules=[daily_image_to_video_schedule],
+    sensors=[prompt_inbox_sensor, failure_log_sensor],
+    resources={"comfy": comfy, "quality": QualityThresholds()},
+    # Steps are HTTP calls to the GPU server: one process is enough, and it saves seconds per step.
+    executor=dg.in_process_executor,
+)

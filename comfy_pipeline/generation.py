@@ -1,0 +1,171 @@
+"""Run a batch of workflow jobs on a ComfyUI server and bring their outputs home. No Dagster here.
+
+The GPU is the only expensive thing, so up to `max_in_flight` prompts sit in the server's queue at once:
+while we wait for, download and check one prompt, the next is already running. Every graph is pre-flighted
+before the first submit (a missing model fails in a second, not after queueing), and anything that stops
+the batch, including a terminated Dagster run, cancels the prompts still on the server.
+"""
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comfy_pipeline.comfyui.client import ComfyUIClient, ProgressEvent
+from comfy_pipeline.comfyui.errors import ComfyUIError, NodeError, ServerUnreachable, WorkflowValidationError
+from comfy_pipeline.preflight import preflight
+from comfy_pipeline.workflows import Workflow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    key: str  # stable id within the batch, e.g. "p0"
+    workflow: Workflow
+    values: dict[str, Any]  # workflow parameter values
+    filename_prefix: str  # server-side prefix, unique per run: never a cached or overwritten output
+    dest_dir: Path
+    dest_stem: str  # descriptive local file name without extension
+    upload: Path | None = None  # local image to upload; its server name goes to the `image` parameter
+
+
+@dataclass
+class JobResult:
+    job: Job
+    prompt_id: str | None = None
+    files: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # upload, queue_wait, execution, download (s)
+    cached_nodes: list[str] = field(default_factory=list)
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.files)
+
+
+@dataclass
+class _InFlight:
+    result: JobResult
+    submitted_at: float
+
+
+ProgressCallback = Callable[[Job, ProgressEvent], None]
+
+
+def preflight_jobs(client: ComfyUIClient, jobs: list[Job]) -> None:
+    """Check every graph against the server's /object_info before any GPU time is spent."""
+    object_info = client.object_info()
+    for job in jobs:
+        values = dict(job.values)
+        if job.upload is not None:
+            values.setdefault("image", f"{job.upload.name}")
+        graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
+        report = preflight(graph, object_info, workflow=job.workflow.name, source=client.url)
+        if not report.ok:
+            raise WorkflowValidationError(
+                f"pre-flight against {client.url} failed for {job.key}; nothing was submitted",
+                [
+                    NodeError(p.node_id, p.class_type, p.kind, f"{p.message} {p.hint or ''}".strip(), p.input_name)
+                    for p in report.problems
+                ],
+                workflow=job.workflow.name,
+            )
+
+
+def run_batch(
+    client: ComfyUIClient,
+    jobs: list[Job],
+    *,
+    max_in_flight: int = 4,
+    prompt_timeout: float = 900.0,
+    on_progress: ProgressCallback | None = None,
+) -> list[JobResult]:
+    """Run `jobs` with up to `max_in_flight` prompts queued on the server; results in job order."""
+    if max_in_flight < 1:
+        raise ValueError("max_in_flight must be at least 1")
+    preflight_jobs(client, jobs)
+    results = [JobResult(job) for job in jobs]
+    pending = deque(results)
+    in_flight: deque[_InFlight] = deque()
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < max_in_flight:
+                result = pending.popleft()
+                submitted = _submit(client, result)
+                if submitted is not None:
+                    in_flight.append(submitted)
+                elif isinstance(result.error, ServerUnreachable):
+                    _fail_all(pending, result.error)
+            if in_flight:
+                current = in_flight.popleft()
+                _finish(client, current, prompt_timeout, on_progress)
+                if isinstance(current.result.error, ServerUnreachable):
+                    _fail_all(pending, current.result.error)
+    except BaseException:
+        # Also DagsterExecutionInterruptedError / KeyboardInterrupt: nothing may keep running on the GPU.
+        for item in in_flight:
+            _cancel_quietly(client, item.result.prompt_id)
+        raise
+    return results
+
+
+def _submit(client: ComfyUIClient, result: JobResult) -> _InFlight | None:
+    job = result.job
+    try:
+        values = dict(job.values)
+        if job.upload is not None:
+            started = time.monotonic()
+            values["image"] = client.upload_image(job.upload)
+            result.timings["upload"] = time.monotonic() - started
+        graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
+        submitted_at = time.time()
+        result.prompt_id = client.submit(graph)
+        log.info("queued %s as ComfyUI prompt %s", job.key, result.prompt_id)
+        return _InFlight(result, submitted_at)
+    except (ComfyUIError, ValueError, OSError) as exc:
+        result.error = exc
+        return None
+
+
+def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress: ProgressCallback | None) -> None:
+    result = item.result
+    job = result.job
+    callback = (lambda event: on_progress(job, event)) if on_progress else None
+    try:
+        outcome = client.wait(result.prompt_id, timeout, on_progress=callback)
+        started = outcome.started_at or item.submitted_at
+        result.timings["queue_wait"] = max(0.0, started - item.submitted_at)
+        result.timings["execution"] = max(0.0, (outcome.finished_at or time.time()) - started)
+        result.cached_nodes = list(outcome.cached_nodes)
+        wanted = {spec.node for spec in job.workflow.outputs.values()}
+        files = [f for f in outcome.outputs if f.node_id in wanted and f.type == "output"]
+        if not files:
+            raise ComfyUIError(
+                f"ComfyUI prompt {result.prompt_id} finished but output node(s) {sorted(wanted)} produced no files"
+            )
+        download_started = time.monotonic()
+        for index, file in enumerate(files):
+            suffix = Path(file.filename).suffix.lower()
+            name = f"{job.dest_stem}{'' if index == 0 else f'_{index}'}{suffix}"
+            result.files.append(client.download(file, job.dest_dir, filename=name))
+        result.timings["download"] = time.monotonic() - download_started
+    except (ComfyUIError, OSError) as exc:
+        result.error = exc
+
+
+def _fail_all(pending: deque[JobResult], error: Exception) -> None:
+    while pending:
+        pending.popleft().error = error
+
+
+def _cancel_quietly(client: ComfyUIClient, prompt_id: str | None) -> None:
+    if not prompt_id:
+        return
+    try:
+        client.cancel(prompt_id)
+    except Exception as exc:  # best effort while already failing; the original error matters more
+        log.warning("could not cancel ComfyUI prompt %s: %s", prompt_id, exc)

@@ -1,0 +1,90 @@
+"""The output folder: where each run's files go, how they are named, and how they are written.
+
+Layout: <output_dir>/runs/<UTC time>_<run id>/{images,videos,reports}/<descriptive name>.
+Everything is written to a temporary file in the target folder and renamed into place, and an existing
+file is never replaced, so a crash leaves no partial files and no run can clobber another's.
+"""
+
+import json
+import os
+import re
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+KINDS = ("images", "videos", "reports")
+
+
+class OutputPathError(ValueError):
+    pass
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    """'A red fox, in snow!' -> 'a-red-fox-in-snow' (ASCII only, safe on every filesystem)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "untitled"
+
+
+def run_folder_name(run_id: str, started_at: float) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_at))
+    return f"{stamp}_{slugify(run_id, 36)}"
+
+
+def run_dir(output_dir: str | Path, run_id: str, started_at: float) -> Path:
+    return Path(output_dir) / "runs" / run_folder_name(run_id, started_at)
+
+
+def kind_dir(run_folder: Path, kind: str) -> Path:
+    if kind not in KINDS:
+        raise OutputPathError(f"unknown output kind {kind!r}; one of {KINDS}")
+    folder = run_folder / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def confined(base: Path, name: str) -> Path:
+    """`base/name`, refusing any name that would land outside `base`."""
+    if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
+        raise OutputPathError(f"refusing unsafe file name {name!r}")
+    path = base / name
+    if path.resolve().parent != base.resolve():
+        raise OutputPathError(f"refusing file name {name!r}: it resolves outside {base}")
+    return path
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temp file + rename; never replaces an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # os.link fails if the target exists, unlike os.replace: that is the no-overwrite guarantee.
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputPathError(f"{path} already exists; outputs are never overwritten") from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    return path
+
+
+def write_json(path: Path, value: Any) -> Path:
+    return write_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line in a single write (O_APPEND), so concurrent writers never interleave within a line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)

@@ -1,0 +1,144 @@
+"""Prompt specs: what one image-to-video item asks for, where specs come from, and how prompt files parse.
+
+No Dagster here: the Dagster config classes, the inbox sensor and the CLI all build `PromptSpec`s with
+these functions, so every entry point gives the same error for the same bad input.
+"""
+
+import json
+import unicodedata
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+MAX_PROMPT_CHARS = 10_000
+MAX_PROMPT_FILE_BYTES = 1_000_000
+
+
+class PromptError(ValueError):
+    """A prompt or prompt file is not usable; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    text: str
+    motion_prompt: str | None = None  # the LTX-2 prompt; defaults to `text`
+    negative_prompt: str | None = None  # None: the workflow's own negative prompt
+    seed: int = 0
+    width: int = 1024
+    height: int = 784
+    frames: int = 121
+    fps: int = 25
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # provenance (source file, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_text(text: Any, what: str = "prompt") -> str:
+    """Reject what would waste GPU time or corrupt a graph: empty, huge, control characters."""
+    if not isinstance(text, str):
+        raise PromptError(f"The {what} must be text, got {type(text).__name__}.")
+    stripped = text.strip()
+    if not stripped:
+        raise PromptError(f"The {what} is empty: write what the image should show.")
+    if len(stripped) > MAX_PROMPT_CHARS:
+        raise PromptError(
+            f"The {what} is {len(stripped):,} characters long; the limit is {MAX_PROMPT_CHARS:,}. Shorten it."
+        )
+    for ch in stripped:
+        if ch not in "\n\t" and unicodedata.category(ch) in ("Cc", "Cs"):
+            raise PromptError(
+                f"The {what} contains the control character U+{ord(ch):04X}; remove it "
+                "(only line breaks and tabs are allowed)."
+            )
+    return stripped
+
+
+_FIELD_NAMES = {f.name for f in fields(PromptSpec)} - {"extra"}
+
+
+def spec_from_mapping(data: Any, where: str = "prompt spec") -> PromptSpec:
+    """Build a spec from a JSON object, naming unknown keys and wrong types instead of ignoring them."""
+    if isinstance(data, str):
+        return PromptSpec(text=check_text(data))
+    if not isinstance(data, dict):
+        raise PromptError(f"{where}: expected a prompt string or an object with 'text', got {type(data).__name__}.")
+    unknown = sorted(set(data) - _FIELD_NAMES)
+    if unknown:
+        raise PromptError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_FIELD_NAMES)}.")
+    if "text" not in data:
+        raise PromptError(f"{where}: 'text' (the image prompt) is missing.")
+    values: dict[str, Any] = {"text": check_text(data["text"])}
+    for key in ("motion_prompt", "negative_prompt"):
+        if data.get(key) is not None:
+            values[key] = check_text(data[key], key.replace("_", " "))
+    for key in ("seed", "width", "height", "frames", "fps"):
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PromptError(f"{where}: '{key}' must be a whole number, got {value!r}.")
+            values[key] = value
+    return PromptSpec(**values)
+
+
+def library_specs() -> list[PromptSpec]:
+    """The prompt library shipped with the project: image prompts paired with motion prompts."""
+    raw = json.loads(resources.files("comfy_pipeline.data").joinpath("prompt_library.json").read_text("utf-8"))
+    return specs_from_seed_prompts(raw, "the prompt library")
+
+
+def specs_from_seed_prompts(raw: Any, where: str) -> list[PromptSpec]:
+    """The seed design's prompts.json shape: {"image_generation": [...], "video_generation": [...]}."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("image_generation"), list):
+        raise PromptError(f"{where}: expected an object with a list 'image_generation' (and optionally 'video_generation').")
+    motions = raw.get("video_generation") or []
+    if not isinstance(motions, list):
+        raise PromptError(f"{where}: 'video_generation' must be a list of motion prompts.")
+    specs = []
+    for i, item in enumerate(raw["image_generation"]):
+        spec = spec_from_mapping(item, f"{where}, image_generation[{i}]")
+        if spec.motion_prompt is None and i < len(motions):
+            spec = PromptSpec(**{**spec.to_dict(), "motion_prompt": check_text(motions[i], "motion prompt")})
+        specs.append(spec)
+    if not specs:
+        raise PromptError(f"{where}: 'image_generation' is empty; add at least one prompt.")
+    return specs
+
+
+def read_prompt_file(path: Path) -> list[PromptSpec]:
+    """`.txt`: the whole file is one prompt. `.json`: a spec, a list of specs, or the seed's prompts.json."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise PromptError(f"{path.name}: cannot be read ({exc.strerror}).") from None
+    if size > MAX_PROMPT_FILE_BYTES:
+        raise PromptError(f"{path.name}: {size:,} bytes is too big for a prompt file (limit {MAX_PROMPT_FILE_BYTES:,}).")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptError(
+            f"{path.name}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8."
+        ) from None
+    if path.suffix.lower() == ".txt":
+        try:
+            return [PromptSpec(text=check_text(text), extra={"source": path.name})]
+        except PromptError as exc:
+            raise PromptError(f"{path.name}: {exc}") from None
+    if path.suffix.lower() != ".json":
+        raise PromptError(f"{path.name}: prompt files must end in .txt (one prompt) or .json (prompt specs).")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PromptError(
+            f"{path.name}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}."
+        ) from None
+    if isinstance(raw, dict) and "image_generation" in raw:
+        specs = specs_from_seed_prompts(raw, path.name)
+    elif isinstance(raw, list):
+        if not raw:
+            raise PromptError(f"{path.name}: the list of prompt specs is empty.")
+        specs = [spec_from_mapping(item, f"{path.name}, item {i}") for i, item in enumerate(raw)]
+    else:
+        specs = [spec_from_mapping(raw, path.name)]
+    return [PromptSpec(**{**s.to_dict(), "extra": {"source": path.name}}) for s in specs]

@@ -1,0 +1,113 @@
+"""Dagster resources: the ComfyUI server and the quality thresholds of the output checks."""
+
+import time
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from comfy_pipeline.comfyui.client import ComfyUIClient
+from comfy_pipeline.comfyui.redaction import redact_url
+from comfy_pipeline.media import ImageThresholds, VideoThresholds
+
+SIMULATOR = "simulator"
+COMFYUI = "comfyui"
+
+
+class ComfyUIResource(dg.ConfigurableResource):
+    """A ComfyUI server. With no `url` (env COMFYUI_URL unset), an offline ComfyUI simulator is started on
+    loopback for the run, and everything it makes is labelled `backend: simulator`.
+
+    Setting it up is free (it also happens on every sensor tick): the server is contacted, or the
+    simulator started, only when a step first asks for the client.
+    """
+
+    url: str | None = Field(default=None, description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL). Unset: the embedded simulator.")
+    token: str | None = Field(default=None, description="Bearer token for a proxy in front of ComfyUI (env COMFYUI_TOKEN).")
+    username: str | None = Field(default=None, description="Basic-auth user (env COMFYUI_USERNAME).")
+    password: str | None = Field(default=None, description="Basic-auth password (env COMFYUI_PASSWORD).")
+    connect_timeout: float = Field(default=5.0, description="Seconds to wait for a TCP connection.")
+    request_timeout: float = Field(default=30.0, description="Seconds to wait for an HTTP answer.")
+    prompt_timeout: float = Field(default=900.0, description="Seconds one prompt may take on the server before it is cancelled.")
+    max_in_flight: int = Field(default=4, ge=1, description="Prompts queued on the server at once, so the GPU never waits for us.")
+    output_dir: str = Field(default="comfy_outputs", description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR).")
+    simulator_image_seconds: float = Field(default=0.2, description="Simulated GPU time per image (simulator only).")
+    simulator_video_seconds: float = Field(default=1.0, description="Simulated GPU time per video (simulator only).")
+
+    _client: ComfyUIClient | None = PrivateAttr(default=None)
+    _simulator: Any = PrivateAttr(default=None)
+    _connect_seconds: float = PrivateAttr(default=0.0)
+
+    @property
+    def backend(self) -> str:
+        return COMFYUI if self.url else SIMULATOR
+
+    @property
+    def display_url(self) -> str:
+        if self._client is not None:
+            return self._client.url
+        return redact_url(self.url) if self.url else "embedded simulator"
+
+    def get_client(self) -> ComfyUIClient:
+        if self._client is None:
+            started = time.monotonic()
+            url = self.url
+            if not url:
+                from comfy_pipeline.simulator import Simulator  # only needed for the embedded default
+
+                self._simulator = Simulator(
+                    image_seconds=self.simulator_image_seconds, video_seconds=self.simulator_video_seconds
+                ).start()
+                url = self._simulator.url
+            self._client = ComfyUIClient(
+                url,
+                token=self.token or None,
+                username=self.username or None,
+                password=self.password or None,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.request_timeout,
+            )
+            self._connect_seconds = time.monotonic() - started
+        return self._client
+
+    def server_info(self) -> dict[str, Any]:
+        """Backend, version, GPU and VRAM from /system_stats; raises ServerUnreachable when down."""
+        started = time.monotonic()
+        client = self.get_client()
+        stats = client.system_stats()
+        devices = stats.get("devices") or [{}]
+        device = devices[0]
+        return {
+            "backend": self.backend,
+            "url": client.url,
+            "comfyui_version": (stats.get("system") or {}).get("comfyui_version"),
+            "gpu": device.get("name"),
+            "vram_total_gb": round((device.get("vram_total") or 0) / 1024**3, 2),
+            "vram_free_gb": round((device.get("vram_free") or 0) / 1024**3, 2),
+            "connection_s": round(self._connect_seconds + time.monotonic() - started, 4),
+        }
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._simulator is not None:
+            self._simulator.stop()
+            self._simulator = None
+
+
+class QualityThresholds(dg.ConfigurableResource):
+    """Limits of the output checks (the seed design's quality validator)."""
+
+    image_formats: list[str] = ["PNG", "JPEG"]
+    image_min_bytes: int = 10 * 1024
+    image_max_bytes: int = 50 * 1024**2
+    video_containers: list[str] = ["mp4", "webm"]
+    video_min_bytes: int = 100 * 1024
+    video_max_bytes: int = 500 * 1024**2
+
+    def image(self) -> ImageThresholds:
+        return ImageThresholds(tuple(self.image_formats), self.image_min_bytes, self.image_max_bytes)
+
+    def video(self) -> VideoThresholds:
+        return VideoThresholds(tuple(self.video_containers), self.video_min_bytes, self.video_max_bytes)

@@ -1,0 +1,32 @@
+"""The daily schedule: the prompt library through the whole pipeline, once a day."""
+
+import os
+
+import dagster as dg
+
+from comfy_pipeline.circuit_breaker import breaker_state
+from comfy_pipeline.jobs import image_to_video_job
+from comfy_pipeline.resources import ComfyUIResource
+
+DAILY_CRON = os.environ.get("COMFY_PIPELINE_DAILY_CRON", "0 2 * * *")
+TIMEZONE = os.environ.get("COMFY_PIPELINE_TIMEZONE", "UTC")
+
+
+@dg.schedule(
+    cron_schedule=DAILY_CRON,
+    execution_timezone=TIMEZONE,
+    job=image_to_video_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Runs the prompt library through image_to_video_job every day (02:00 UTC unless "
+    "COMFY_PIPELINE_DAILY_CRON / COMFY_PIPELINE_TIMEZONE say otherwise); one run per day.",
+)
+def daily_image_to_video_schedule(context: dg.ScheduleEvaluationContext, comfy: ComfyUIResource):
+    breaker = breaker_state(context.instance, comfy.output_dir)
+    if breaker.open:
+        return dg.SkipReason(breaker.message)
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    return dg.RunRequest(
+        run_key=f"daily-{day}",
+        run_config={"ops": {"prompt": {"config": {"use_library": True}}}},
+        tags={"comfy_pipeline/date": day},
+    )

@@ -1,0 +1,120 @@
+"""Sensors: a prompt inbox folder that starts runs, and a log of failed runs."""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from comfy_pipeline import outputs
+from comfy_pipeline.circuit_breaker import breaker_state
+from comfy_pipeline.comfyui.redaction import scrub
+from comfy_pipeline.jobs import PIPELINE_JOBS, image_to_video_job, video_generation_job
+from comfy_pipeline.prompts import PromptError, read_prompt_file
+from comfy_pipeline.resources import ComfyUIResource
+
+PROMPT_SUFFIXES = (".txt", ".json")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+FAILURES_LOG = "failures.jsonl"
+
+
+def inbox_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "inbox"
+
+
+def _beside_image(prompt_file: Path) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (prompt_file.with_suffix(suffix), prompt_file.with_suffix(suffix.upper())):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def inbox_run_request(prompt_file: Path) -> dg.RunRequest:
+    """One run per prompt file. The run key is the content hash (plus the image's), so the same file dropped
+    again does not run twice and an edited one does. Raises PromptError for a bad file."""
+    specs = read_prompt_file(prompt_file)
+    digest = hashlib.sha256(prompt_file.read_bytes())
+    image = _beside_image(prompt_file)
+    tags = {"comfy_pipeline/inbox_file": prompt_file.name}
+    if image is not None:
+        digest.update(image.read_bytes())
+        spec = specs[0]
+        config = {
+            "input_images": [str(image.resolve())],
+            "motion_prompt": spec.motion_prompt or spec.text,
+            "negative_prompt": spec.negative_prompt,
+            "seed": spec.seed,
+            "frames": spec.frames,
+            "fps": spec.fps,
+        }
+        return dg.RunRequest(
+            run_key=f"inbox-{digest.hexdigest()}",
+            job_name=video_generation_job.name,
+            run_config={"ops": {"ltx2_video": {"config": config}}},
+            tags=tags,
+        )
+    prompts = [{k: v for k, v in s.to_dict().items() if k != "extra"} for s in specs]
+    return dg.RunRequest(
+        run_key=f"inbox-{digest.hexdigest()}",
+        job_name=image_to_video_job.name,
+        run_config={"ops": {"prompt": {"config": {"prompts": prompts}}}},
+        tags=tags,
+    )
+
+
+@dg.sensor(
+    jobs=[image_to_video_job, video_generation_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts a run for every new prompt file (.txt or .json; an image beside it makes it video-only) "
+    "dropped into <output folder>/inbox.",
+)
+def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResource):
+    breaker = breaker_state(context.instance, comfy.output_dir)
+    if breaker.open:
+        return dg.SkipReason(breaker.message)
+    inbox = inbox_dir(comfy.output_dir)
+    inbox.mkdir(parents=True, exist_ok=True)
+    requests, problems = [], []
+    for path in sorted(inbox.iterdir()):
+        if path.suffix.lower() not in PROMPT_SUFFIXES or not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            requests.append(inbox_run_request(path))
+        except PromptError as exc:
+            problems.append(str(exc) if str(exc).startswith(path.name) else f"{path.name}: {exc}")
+    for problem in problems:
+        context.log.warning(f"skipped inbox file {problem}")
+    if not requests:
+        reason = "; ".join(problems) if problems else f"no prompt files in {inbox}"
+        return dg.SkipReason(reason)
+    return dg.SensorResult(run_requests=requests)
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=list(PIPELINE_JOBS),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Appends each failed pipeline run (job, run id, error, ComfyUI node) to <output folder>/failures.jsonl.",
+)
+def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResource):
+    secrets = [comfy.token, comfy.password]
+    steps = []
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        user = data.user_failure_data
+        metadata = {k: v.value for k, v in (user.metadata or {}).items()} if user else {}
+        message = (user.description if user and user.description else None) or (data.error.message if data.error else "")
+        steps.append(
+            {"step": event.step_key, "error": scrub(message.strip(), secrets), "comfyui_node": metadata.get("comfyui_node")}
+        )
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "job": context.dagster_run.job_name,
+        "run_id": context.dagster_run.run_id,
+        "error": scrub(context.failure_event.message or "", secrets),
+        "steps": steps,
+        "comfyui_node": next((s["comfyui_node"] for s in steps if s["comfyui_node"]), None),
+    }
+    outputs.append_line(Path(comfy.output_dir) / FAILURES_LOG, json.dumps(entry, ensure_ascii=False))
