@@ -11,6 +11,7 @@ import sys
 SUBCOMMANDS = {
     "simulator": "comfy_pipeline.simulator.cli",
     "validate-workflow": "comfy_pipeline.preflight_cli",
+    "server": "comfy_pipeline.server_cli",
 }
 
 
