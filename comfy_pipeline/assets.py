@@ -241,8 +241,8 @@ def _server_info(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> d
         raise dg.Failure(description=str(exc), metadata={"comfyui_url": comfy.display_url}) from None
     if info["backend"] == "simulator":
         context.log.warning(
-            f"backend: simulator -- COMFYUI_URL is not set, so an offline ComfyUI simulator at {info['url']} makes "
-            "placeholder pictures. Set COMFYUI_URL to use a real GPU server."
+            f"backend: simulator -- the ComfyUI at {info['url']} is the offline simulator: its pictures are "
+            "placeholders, not model output. Set COMFYUI_URL to a real GPU server for real ones."
         )
     else:
         context.log.info(f"ComfyUI {info['comfyui_version']} at {info['url']} on {info['gpu']}")

@@ -101,8 +101,9 @@ def run_batch(
                 elif isinstance(result.error, ServerUnreachable):
                     _fail_all(pending, result.error)
             if in_flight:
-                current = in_flight.popleft()
+                current = in_flight[0]  # stays listed until finished, so an interrupt cancels it too
                 _finish(client, current, prompt_timeout, on_progress)
+                in_flight.popleft()
                 if isinstance(current.result.error, ServerUnreachable):
                     _fail_all(pending, current.result.error)
     except BaseException:

@@ -274,7 +274,9 @@ def decode_first_and_last_frame(path: str | Path) -> None:
     first, last = run_tools(
         [
             [*decode, "-threads", "1", "-i", str(path), "-frames:v", "1", *stream],  # one frame: no threads needed
-            [*decode, "-sseof", "-0.1", "-i", str(path), *stream],
+            # 2 s before the end: short enough to be cheap, long enough to include the last frame even at
+            # low frame rates (at 8 fps the last frame starts 0.125 s before the end).
+            [*decode, "-sseof", "-2", "-i", str(path), *stream],
         ],
         path=path,
         timeout=DECODE_TIMEOUT_S,

@@ -1,0 +1,163 @@
+"""The Dagster jobs, run in-process on a real (temporary) Dagster instance against the simulator over HTTP."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from comfy_pipeline.definitions import defs
+from comfy_pipeline.media import probe_video
+from comfy_pipeline.simulator import Simulator
+
+SMALL = {"width": 512, "height": 384, "frames": 17, "fps": 24, "seed": 7}
+
+
+def run_config(sim_url: str, out: Path, prompts: list[dict] | None = None, **ops) -> dict:
+    config = {"resources": {"comfy": {"config": {"url": sim_url, "output_dir": str(out)}}}, "ops": dict(ops)}
+    if prompts is not None:
+        config["ops"]["prompt"] = {"config": {"prompts": prompts}}
+    return config
+
+
+def execute(job_name: str, instance, config: dict):
+    return defs.resolve_job_def(job_name).execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+
+
+def materializations(result, asset: str) -> list[dg.AssetMaterialization]:
+    return [
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+        and e.event_specific_data.materialization.asset_key == dg.AssetKey(asset)
+    ]
+
+
+def failure_text(result) -> str:
+    """What the user sees for a failed step: the dg.Failure description, else the error message."""
+    texts = []
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            user = data.user_failure_data
+            texts.append(user.description if user and user.description else data.error.message)
+    return "\n".join(texts)
+
+
+def check_evaluations(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture
+def sim(tmp_path):
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=0.05, video_seconds=0.1) as simulator:
+        yield simulator
+
+
+def test_image_to_video_job_produces_validated_outputs_with_metadata_and_lineage(sim, tmp_path):
+    out = tmp_path / "out"
+    prompts = [{"text": "a red fox in snow", **SMALL}, {"text": "a lighthouse at dusk", "motion_prompt": "slow zoom", **SMALL, "seed": 8}]
+    with dg.instance_for_test() as instance:
+        result = execute("image_to_video_job", instance, run_config(sim.url, out, prompts))
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+
+        image_meta = materializations(result, "generated_image")[0].metadata
+        assert image_meta["count"].value == 2
+        assert image_meta["backend"].value == "simulator"  # the server says what it is, whatever the URL
+        assert image_meta["workflow"].value == "z_image_turbo_generation"
+        assert len(image_meta["workflow_sha256"].value) == 64
+        assert image_meta["preview"].value.count("data:image/") == 2
+        items = image_meta["items"].value
+        for item in items:
+            path = Path(item["path"])
+            assert path.is_file() and path.is_relative_to(out)
+            assert Image.open(path).size == (512, 384)
+            assert all(c["passed"] for c in item["checks"])
+            assert item["prompt_id"]
+
+        video_items = materializations(result, "ltx2_video")[0].metadata["items"].value
+        assert len(video_items) == 2
+        info = probe_video(Path(video_items[0]["path"]))
+        assert (info.width, info.height, info.frame_count, round(info.fps)) == (1280, 704, 17, 24)
+        assert video_items[0]["input_image"] == items[0]["path"]
+
+        assert all(check_evaluations(result).values())
+        report_meta = materializations(result, "validation_report")[0].metadata
+        assert report_meta["failed"].value == 0 and report_meta["passed"].value == 2 * 4 + 2 * 7
+        report = json.loads(Path(report_meta["report_json"].value).read_text())
+        assert {row["asset"] for row in report["rows"]} == {"generated_image", "ltx2_video"}
+        assert Path(report_meta["report_csv"].value).read_text().startswith("prompt,asset,check,passed")
+
+        # Lineage recorded in the instance: the video's materialization points at this run's image event.
+        video_event = instance.get_latest_materialization_event(dg.AssetKey("ltx2_video"))
+        assert video_event.run_id == result.run_id
+        tags = video_event.asset_materialization.tags or {}
+        assert "dagster/input_event_pointer/generated_image" in tags
+
+    # Files are organised by run and type, with descriptive names.
+    run_dirs = list((out / "runs").iterdir())
+    assert len(run_dirs) == 1 and result.run_id[:8] in run_dirs[0].name
+    assert sorted(p.name for p in (run_dirs[0] / "images").iterdir()) == [
+        "00_a-red-fox-in-snow_seed7.png",
+        "01_a-lighthouse-at-dusk_seed8.png",
+    ]
+    assert not list(out.rglob("*.part"))
+
+
+def test_corrupted_image_fails_blocking_check_and_keeps_the_file(sim, tmp_path):
+    out = tmp_path / "out"
+    sim.set_fault("corrupt-output", count=1)
+    with dg.instance_for_test() as instance:
+        result = execute("image_to_video_job", instance, run_config(sim.url, out, [{"text": "a broken picture", **SMALL}]))
+        assert not result.success
+        checks = check_evaluations(result)
+        assert checks["image_decodes"] is False
+        assert not materializations(result, "ltx2_video")  # the broken image never went on to the video step
+        kept = list((out / "runs").rglob("*.png"))
+        assert len(kept) == 1  # kept for inspection, marked failed by the check
+
+
+def test_video_generation_job_from_an_input_image(sim, tmp_path):
+    image = tmp_path / "start.png"
+    Image.effect_noise((640, 480), 60).convert("RGB").save(image)
+    config = run_config(sim.url, tmp_path / "out", ltx2_video={"config": {"input_images": [str(image)], "motion_prompt": "pan left", "frames": 9, "fps": 8}})
+    with dg.instance_for_test() as instance:
+        result = execute("video_generation_job", instance, config)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        item = materializations(result, "ltx2_video")[0].metadata["items"].value[0]
+        assert probe_video(Path(item["path"])).frame_count == 9
+
+
+def test_video_generation_job_rejects_a_non_image_clearly(sim, tmp_path):
+    bogus = tmp_path / "notes.png"
+    bogus.write_text("not an image")
+    config = run_config(sim.url, tmp_path / "out", ltx2_video={"config": {"input_images": [str(bogus)]}})
+    with dg.instance_for_test() as instance:
+        result = execute("video_generation_job", instance, config)
+        assert not result.success
+        assert "notes.png" in failure_text(result) and "cannot be used" in failure_text(result)
+
+
+def test_unreachable_server_fails_fast_naming_the_url(tmp_path):
+    config = run_config("http://127.0.0.1:9", tmp_path / "out")
+    with dg.instance_for_test() as instance:
+        result = execute("comfyui_connection_job", instance, config)
+        assert not result.success
+        assert "127.0.0.1:9" in failure_text(result) and "not reachable" in failure_text(result)
+
+
+def test_connection_job_reports_server_facts(sim, tmp_path):
+    with dg.instance_for_test() as instance:
+        result = execute("comfyui_connection_job", instance, run_config(sim.url, tmp_path / "out"))
+        assert result.success
+        info = result.output_for_node("comfyui_connection")
+        assert info["comfyui_version"] and info["queue_pending"] == 0 and info["gpu"]
+
+
+def test_bad_prompt_in_run_config_is_a_clear_failure(sim, tmp_path):
+    with dg.instance_for_test() as instance:
+        result = execute("image_generation_job", instance, run_config(sim.url, tmp_path / "out", [{"text": "   "}]))
+        assert not result.success
+        assert "prompt is empty" in failure_text(result)
+    assert sim.busy_intervals() == []  # nothing reached the GPU
