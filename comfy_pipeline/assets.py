@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from comfy_pipeline import outputs
 from comfy_pipeline.comfyui.errors import ComfyUIError
@@ -67,8 +66,10 @@ def generated_image(
     context: dg.AssetExecutionContext, prompt: list[dict], comfy: ComfyUIResource, quality: QualityThresholds
 ) -> dg.MaterializeResult:
     specs = [PromptSpec(**p) for p in prompt]
+    loading_started = time.monotonic()
     workflow = _load(IMAGE_WORKFLOW)
-    server = _server_info(context, comfy)
+    load_s = round(time.monotonic() - loading_started, 4)
+    server = {**_server_info(context, comfy), "workflow_load_s": load_s}
     folder = outputs.kind_dir(_run_folder(context, comfy), "images")
     run_tag = context.run_id[:8]
     jobs = []
@@ -113,8 +114,10 @@ def ltx2_video(
     context: dg.AssetExecutionContext, config: VideoConfig, comfy: ComfyUIResource, quality: QualityThresholds
 ) -> dg.MaterializeResult:
     sources = _video_sources(context, config)
+    loading_started = time.monotonic()
     workflow = _load(VIDEO_WORKFLOW)
-    server = _server_info(context, comfy)
+    load_s = round(time.monotonic() - loading_started, 4)
+    server = {**_server_info(context, comfy), "workflow_load_s": load_s}
     folder = outputs.kind_dir(_run_folder(context, comfy), "videos")
     run_tag = context.run_id[:8]
     jobs = []
@@ -165,6 +168,8 @@ def ltx2_video(
     check_specs=[dg.AssetCheckSpec("all_outputs_valid", asset="validation_report", blocking=True)],
 )
 def validation_report(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> dg.MaterializeResult:
+    import pandas as pd  # here, not at module level: loading the definitions stays fast
+
     produced = _this_run_items(context)
     if not produced:
         raise dg.Failure(description="Nothing to report: no image or video was produced in this run.")
@@ -302,7 +307,7 @@ def _item(spec: PromptSpec, result: JobResult, workflow, server: dict, checks, v
 
 
 def _materialize(context, asset_name: str, items: list[dict], server: dict, check_names, preview) -> dg.MaterializeResult:
-    phases: dict[str, float] = {"connection": server["connection_s"]}
+    phases: dict[str, float] = {"connection": server["connection_s"], "workflow_load": server["workflow_load_s"]}
     for item in items:
         for phase, seconds in item["timings_s"].items():
             phases[phase] = round(phases.get(phase, 0.0) + seconds, 4)
@@ -419,7 +424,7 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(frame: pd.DataFrame) -> str:
+def _md_table(frame) -> str:
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)

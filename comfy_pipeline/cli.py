@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "simulator": "comfy_pipeline.simulator.cli",
     "validate-workflow": "comfy_pipeline.preflight_cli",
     "server": "comfy_pipeline.server_cli",
+    "check": "comfy_pipeline.check_cli",
 }
 
 

@@ -5,6 +5,7 @@ import os
 import dagster as dg
 
 from comfy_pipeline.assets import generated_image, ltx2_video, prompt, validation_report
+from comfy_pipeline.loggers import progress_logger
 from comfy_pipeline.jobs import comfyui_connection_job, image_generation_job, image_to_video_job, video_generation_job
 from comfy_pipeline.resources import ComfyUIResource, QualityThresholds
 from comfy_pipeline.schedules import daily_image_to_video_schedule
@@ -30,6 +31,8 @@ defs = dg.Definitions(
     schedules=[daily_image_to_video_schedule],
     sensors=[prompt_inbox_sensor, failure_log_sensor],
     resources={"comfy": comfy, "quality": QualityThresholds()},
+    # `console` stays the default; `comfy-pipeline check` selects `progress` for a readable terminal.
+    loggers={"console": dg.default_loggers()["console"], "progress": progress_logger},
     # Steps are HTTP calls to the GPU server: one process is enough, and it saves seconds per step.
     executor=dg.in_process_executor,
 )

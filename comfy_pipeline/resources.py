@@ -39,10 +39,6 @@ class ComfyUIResource(dg.ConfigurableResource):
     _connect_seconds: float = PrivateAttr(default=0.0)
 
     @property
-    def backend(self) -> str:
-        return COMFYUI if self.url else SIMULATOR
-
-    @property
     def display_url(self) -> str:
         if self._client is not None:
             return self._client.url
@@ -51,7 +47,7 @@ class ComfyUIResource(dg.ConfigurableResource):
     def get_client(self) -> ComfyUIClient:
         if self._client is None:
             started = time.monotonic()
-            url = self.url
+            url = self.url or _recorded_session_url()
             if not url:
                 from comfy_pipeline.simulator import Simulator  # only needed for the embedded default
 
@@ -77,8 +73,10 @@ class ComfyUIResource(dg.ConfigurableResource):
         stats = client.system_stats()
         devices = stats.get("devices") or [{}]
         device = devices[0]
+        # A URL can point at `comfy-pipeline simulator` too: trust what the server says it is.
+        simulated = self._simulator is not None or "simulator" in str(device.get("name", "")).lower()
         return {
-            "backend": self.backend,
+            "backend": SIMULATOR if simulated else COMFYUI,
             "url": client.url,
             "comfyui_version": (stats.get("system") or {}).get("comfyui_version"),
             "gpu": device.get("name"),
@@ -94,6 +92,17 @@ class ComfyUIResource(dg.ConfigurableResource):
         if self._simulator is not None:
             self._simulator.stop()
             self._simulator = None
+
+
+def _recorded_session_url() -> str | None:
+    """The URL of a session started with `comfy-pipeline server start`, if one is running."""
+    from comfy_pipeline.session import SessionError, current_session
+
+    try:
+        session = current_session()
+    except SessionError:
+        return None
+    return session.url if session else None
 
 
 class QualityThresholds(dg.ConfigurableResource):

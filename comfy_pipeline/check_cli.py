@@ -1,0 +1,371 @@
+"""`comfy-pipeline check`: the seed design's test runner for a ComfyUI deployment, on top of the Dagster jobs.
+
+Every test is one run of a pipeline job, executed in-process on a real Dagster instance (DAGSTER_HOME when
+set), so a terminal check and a scheduled run take the same code path. Results are checkpointed as they
+finish (`--resume` continues an interrupted check), three consecutive failures stop the check, and the JSON
+report lists every test with its outputs, checks, errors and per-phase timings.
+
+Exit codes: 0 all passed, 1 a test failed, 2 usage error or server unreachable.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comfy_pipeline import outputs
+from comfy_pipeline.checkpoints import CheckpointError, CheckpointStore
+from comfy_pipeline.comfyui.client import ComfyUIClient
+from comfy_pipeline.comfyui.redaction import redact_url, scrub
+from comfy_pipeline.prompts import PromptError, PromptSpec, check_text, library_specs, specs_from_seed_prompts
+from comfy_pipeline.session import SessionError, current_session
+
+TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")
+JOB_FOR_KIND = {
+    "connection": "comfyui_connection_job",
+    "image": "image_generation_job",
+    "video": "video_generation_job",
+    "pipeline": "image_to_video_job",
+}
+PHASES = ("connection", "workflow_load", "upload", "queue_wait", "execution", "download", "validation")
+
+
+class UsageError(Exception):
+    """Bad arguments or input files: exit 2."""
+
+
+@dataclass
+class Test:
+    name: str
+    kind: str  # connection | image | video | pipeline
+    spec: PromptSpec | None = None
+    image: Path | None = None
+
+
+@dataclass
+class TestResult:
+    name: str
+    type: str
+    success: bool
+    duration: float
+    run_id: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    performance: dict[str, float] = field(default_factory=dict)
+    backend: str | None = None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="test a ComfyUI deployment end to end (connection, image, video, full pipeline)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--test-type", choices=TEST_TYPES, default="all")
+    p.add_argument("--comfyui-url", default=os.environ.get("COMFYUI_URL"),
+                   help="ComfyUI server (env COMFYUI_URL). Unset: a running `comfy-pipeline server` session, "
+                   "else the embedded simulator")
+    p.add_argument("--timeout", type=float, default=_env_float("TEST_TIMEOUT", 900.0),
+                   help="seconds one prompt may take on the server (env TEST_TIMEOUT; default 900)")
+    p.add_argument("--output-dir", default=os.environ.get("COMFY_PIPELINE_OUTPUT_DIR", "comfy_outputs"))
+    p.add_argument("--prompt", action="append", default=[], help="an image prompt (repeatable)")
+    p.add_argument("--prompts-file", type=Path, help="the seed's prompts.json: image_generation + video_generation lists")
+    p.add_argument("--image", type=Path, help="start image for the video-only test")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--frames", type=int, help="video length in frames (8n+1)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted check without redoing finished tests")
+    p.add_argument("--report", action="store_true", help="summarise the progress of the last check and exit")
+    p.add_argument("--state-dir", type=Path, help="where progress is kept (default .comfy_pipeline/)")
+    p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    p.add_argument("--verbose", action="store_true", help="tracebacks on errors")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    secrets = [os.environ.get("COMFYUI_TOKEN"), os.environ.get("COMFYUI_PASSWORD")]
+    try:
+        return _run(args)
+    except (UsageError, PromptError, CheckpointError, SessionError) as exc:
+        _error(scrub(str(exc), secrets), args)
+        return 2
+    except Exception as exc:  # one clear line unless --verbose; the runs themselves are in the Dagster log
+        _error(scrub(f"{type(exc).__name__}: {exc}", secrets), args)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or Path(os.environ.get("COMFY_PIPELINE_STATE_DIR", ".comfy_pipeline"))
+    store = CheckpointStore(state_dir / "check-progress.json")
+    if args.report:
+        print(store.format_report())
+        return 0
+    tests = plan_tests(args)
+    with _server(args) as (url, backend_note):
+        if backend_note:
+            print(backend_note, file=sys.stderr)
+        _require_reachable(url)
+        to_run = store.begin([t.name for t in tests], resume=args.resume)
+        skipped = len(tests) - len(to_run)
+        if skipped:
+            print(f"resuming: {skipped} test(s) already finished, {len(to_run)} to go", file=sys.stderr)
+        results: list[TestResult] = []
+        with _instance() as instance:
+            for test in (t for t in tests if t.name in to_run):
+                print(f"== {test.name} ({test.kind}) ==", file=sys.stderr)
+                result = run_test(test, url, args, instance)
+                results.append(result)
+                store.record(test.name, success=result.success, duration=result.duration, details=_details(result))
+                _print_line(result)
+                if store.breaker_open:
+                    print(f"stopping: {store.consecutive_failures} consecutive failures (circuit breaker). Fix the "
+                          "cause, then run again with --resume.", file=sys.stderr)
+                    break
+    report_path = _write_report(args, results, store)
+    _print_summary(results, report_path)
+    if args.json:
+        print(json.dumps(json.loads(report_path.read_text()), indent=2))
+    finished = store.report()
+    return 0 if finished.get("failed", 0) == 0 and not finished.get("pending") else 1
+
+
+def plan_tests(args: argparse.Namespace) -> list[Test]:
+    specs = _specs(args)
+    if args.image is not None:
+        _require_image(args.image)
+    if args.test_type == "video-only" and args.image is None:
+        raise UsageError("--test-type video-only needs --image PATH (the picture to animate)")
+    tests: list[Test] = []
+    if args.test_type in ("all", "connection-only"):
+        tests.append(Test("connection", "connection"))
+    if args.test_type == "image-only":
+        tests += [Test(f"image-{i + 1}", "image", spec) for i, spec in enumerate(specs)]
+    if args.test_type in ("all", "full-pipeline"):
+        tests += [Test(f"pipeline-{i + 1}", "pipeline", spec) for i, spec in enumerate(specs)]
+    if args.test_type in ("all", "video-only") and args.image is not None:
+        tests.append(Test("video-1", "video", specs[0], args.image.resolve()))
+    return tests
+
+
+def run_test(test: Test, url: str, args: argparse.Namespace, instance: Any) -> TestResult:
+    from comfy_pipeline.definitions import defs  # Dagster is imported only when a test actually runs
+
+    job = defs.resolve_job_def(JOB_FOR_KIND[test.kind])
+    started = time.monotonic()
+    result = job.execute_in_process(
+        run_config=_run_config(test, url, args), instance=instance, raise_on_error=False,
+        tags={"comfy_pipeline/check": test.name},
+    )
+    return _summarise(test, result, time.monotonic() - started)
+
+
+def _run_config(test: Test, url: str, args: argparse.Namespace) -> dict:
+    comfy = {"url": url, "output_dir": str(Path(args.output_dir).resolve()), "prompt_timeout": args.timeout}
+    config: dict[str, Any] = {
+        "resources": {"comfy": {"config": comfy}},
+        "loggers": {"progress": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}},
+        "ops": {},
+    }
+    spec = test.spec
+    if test.kind in ("image", "pipeline"):
+        config["ops"]["prompt"] = {"config": {"prompts": [_spec_config(spec)]}}
+    if test.kind == "video":
+        config["ops"]["ltx2_video"] = {
+            "config": {"input_images": [str(test.image)], "motion_prompt": spec.motion_prompt or spec.text,
+                       "seed": spec.seed, "frames": spec.frames, "fps": spec.fps}
+        }
+    return config
+
+
+def _spec_config(spec: PromptSpec) -> dict:
+    return {k: v for k, v in spec.to_dict().items() if k != "extra" and v is not None}
+
+
+def _summarise(test: Test, result: Any, duration: float) -> TestResult:
+    import dagster as dg
+
+    summary = TestResult(test.name, test.kind, bool(result.success), round(duration, 3), run_id=result.run_id)
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+            summary.backend = meta.get("backend", summary.backend)
+            for item in meta.get("items") or []:
+                summary.outputs.append(item["path"])
+                summary.checks += [{"output": item["path"], **check} for check in item["checks"]]
+            for phase, seconds in (meta.get("timings_s") or {}).items():
+                summary.performance[phase] = round(summary.performance.get(phase, 0.0) + seconds, 4)
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            user = data.user_failure_data
+            summary.errors.append(user.description if user and user.description else data.error.message.strip())
+    if test.kind == "connection" and result.success:
+        info = result.output_for_node("comfyui_connection")
+        summary.backend = info.get("backend")
+        summary.performance["connection"] = info.get("connection_s", 0.0)
+        summary.checks.append({"name": "server_answers", "passed": True, "value": info.get("comfyui_version"),
+                               "expected": "a ComfyUI version", "message": f"{info.get('gpu')}, queue {info.get('queue_pending')} pending"})
+    failed_checks = [c for c in summary.checks if not c["passed"]]
+    if failed_checks and summary.success:
+        summary.success = False
+    if not summary.success and not summary.errors and failed_checks:
+        summary.errors = [f"{c['name']}: {c['message']}" for c in failed_checks]
+    return summary
+
+
+# --- inputs --------------------------------------------------------------------------------------------
+
+
+def _specs(args: argparse.Namespace) -> list[PromptSpec]:
+    specs: list[PromptSpec] = []
+    if args.prompts_file is not None:
+        specs += _read_prompts_file(args.prompts_file)
+    specs += [PromptSpec(text=check_text(text)) for text in args.prompt]
+    if not specs:
+        specs = library_specs()[:1]
+    overrides: dict[str, Any] = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.frames is not None:
+        overrides["frames"] = args.frames
+    specs = [PromptSpec(**{**s.to_dict(), **overrides}) for s in specs]
+    _validate_values(specs)
+    return specs
+
+
+def _read_prompts_file(path: Path) -> list[PromptSpec]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"--prompts-file {path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--prompts-file {path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--prompts-file {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    return specs_from_seed_prompts(raw, f"--prompts-file {path.name}")
+
+
+def _validate_values(specs: list[PromptSpec]) -> None:
+    """Check sizes, frames, fps and seeds against the workflows' parameter maps before any run starts."""
+    from comfy_pipeline.workflows import WorkflowError, load_workflow
+
+    image_wf, video_wf = load_workflow("z_image_turbo_generation"), load_workflow("ltx2_image_to_video")
+    for spec in specs:
+        try:
+            image_wf.validate_values({"prompt": spec.text, "seed": spec.seed, "width": spec.width, "height": spec.height})
+            video_wf.validate_values({"image": "start.png", "prompt": spec.motion_prompt or spec.text,
+                                      "seed": spec.seed, "frames": spec.frames, "fps": spec.fps})
+        except WorkflowError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def _require_image(path: Path) -> None:
+    from comfy_pipeline.media import MediaError, probe_image
+
+    try:
+        probe_image(path)
+    except MediaError as exc:
+        raise UsageError(f"--image {path}: {exc}") from None
+
+
+# --- server --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _server(args: argparse.Namespace):
+    if args.comfyui_url:
+        yield args.comfyui_url, None
+        return
+    session = current_session()
+    if session is not None:
+        yield session.url, f"using the running ComfyUI session at {session.url} (comfy-pipeline server status)"
+        return
+    from comfy_pipeline.simulator import Simulator
+
+    with Simulator() as sim:
+        yield sim.url, (
+            "*** No --comfyui-url / COMFYUI_URL and no running session: checking the EMBEDDED SIMULATOR at "
+            f"{sim.url}. Its pictures are placeholders; nothing here says anything about a GPU server. ***"
+        )
+
+
+def _require_reachable(url: str) -> None:
+    with ComfyUIClient(url, token=os.environ.get("COMFYUI_TOKEN"), username=os.environ.get("COMFYUI_USERNAME"),
+                       password=os.environ.get("COMFYUI_PASSWORD"), connect_timeout=5.0, read_timeout=10.0) as client:
+        health = client.health()
+    if not health["ok"]:
+        raise UsageError(f"cannot reach ComfyUI at {redact_url(url)}: {health['error']}. Start the server or fix "
+                         "--comfyui-url / COMFYUI_URL.")
+
+
+@contextlib.contextmanager
+def _instance():
+    import dagster as dg
+
+    if os.environ.get("DAGSTER_HOME"):
+        with dg.DagsterInstance.get() as instance:
+            yield instance
+        return
+    with tempfile.TemporaryDirectory(prefix="comfy-check-dagster-") as home:
+        with dg.DagsterInstance.local_temp(home) as instance:
+            yield instance
+
+
+# --- output --------------------------------------------------------------------------------------------
+
+
+def _details(result: TestResult) -> dict:
+    return {"run_id": result.run_id, "outputs": result.outputs, "errors": result.errors}
+
+
+def _write_report(args: argparse.Namespace, results: list[TestResult], store: CheckpointStore) -> Path:
+    folder = Path(args.output_dir) / "reports"
+    path = outputs.confined(folder, f"check_{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}_{os.getpid()}.json")
+    totals = {phase: round(sum(r.performance.get(phase, 0.0) for r in results), 4) for phase in PHASES}
+    report = {
+        "server": redact_url(args.comfyui_url) if args.comfyui_url else None,
+        "backend": sorted({r.backend for r in results if r.backend}),
+        "test_type": args.test_type,
+        "tests": [r.__dict__ for r in results],
+        "performance_s": totals,
+        "progress": store.report(),
+    }
+    return outputs.write_json(path, report)
+
+
+def _print_line(result: TestResult) -> None:
+    status = "PASS" if result.success else "FAIL"
+    detail = result.errors[0].splitlines()[0] if result.errors else ", ".join(Path(p).name for p in result.outputs)
+    print(f"{status} {result.name} in {result.duration:.1f}s  {detail}", file=sys.stderr)
+
+
+def _print_summary(results: list[TestResult], report_path: Path) -> None:
+    width = max([len(r.name) for r in results] + [4])
+    print(f"\n{'test'.ljust(width)}  {'type':10} {'result':6} {'time':>7}  checks", file=sys.stderr)
+    for r in results:
+        passed = sum(1 for c in r.checks if c["passed"])
+        print(f"{r.name.ljust(width)}  {r.type:10} {'PASS' if r.success else 'FAIL':6} {r.duration:6.1f}s  "
+              f"{passed}/{len(r.checks)}", file=sys.stderr)
+    print(f"report: {report_path}", file=sys.stderr)
+
+
+def _error(message: str, args: argparse.Namespace) -> None:
+    print(f"comfy-pipeline check: {message}", file=sys.stderr)
+    if getattr(args, "verbose", False):
+        traceback.print_exc()
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
