@@ -1,0 +1,164 @@
+"""Paint `Images` recipes into pixels and encode them: PNG, MP4/WebM (ffmpeg), animated WebP/PNG (Pillow).
+
+Everything here is blocking and CPU-bound; the executor runs it in a worker thread.
+"""
+
+import functools
+import hashlib
+import io
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+
+from comfy_pipeline.binaries import ffmpeg_path
+from comfy_pipeline.simulator.values import Images
+
+LABEL = "ComfyUI simulator"
+PAN_MARGIN = 0.12  # the video canvas is this much larger than the frame; the pan crosses it
+
+
+def render_frame(images: Images, index: int) -> Image.Image:
+    """Frame `index` of the batch as an RGB image of exactly images.width x images.height."""
+    frame = _paint(images, index)
+    if frame.size != (images.width, images.height):
+        frame = frame.resize((images.width, images.height), Image.Resampling.BILINEAR)
+    return frame
+
+
+def _paint(images: Images, index: int) -> Image.Image:
+    kind, *args = images.source
+    size = (images.width, images.height)
+    if kind == "solid":
+        rgb = args[0]
+        return Image.new("RGB", size, ((rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255))
+    if kind == "generated":
+        seed, text = args
+        return generated_image(size, seed + index, text)
+    if kind == "file":
+        return load_image_file(args[0])
+    if kind == "resize":
+        inner, crop = args
+        painted = render_frame(inner, index)
+        if crop == "center":
+            return ImageOps.fit(painted, size, Image.Resampling.LANCZOS)
+        return painted.resize(size, Image.Resampling.LANCZOS)
+    if kind == "invert":
+        return ImageOps.invert(render_frame(args[0], index))
+    if kind == "blur":
+        inner, radius = args
+        return render_frame(inner, index).filter(ImageFilter.GaussianBlur(radius))
+    if kind == "repeat":
+        inner = args[0]
+        return render_frame(inner, index % max(inner.count, 1))
+    if kind == "motion":
+        canvas = _motion_canvas(images)
+        progress = index / max(images.count - 1, 1)
+        left = round((canvas.width - images.width) * progress)
+        top = round((canvas.height - images.height) * progress)
+        return canvas.crop((left, top, left + images.width, top + images.height))
+    raise ValueError(f"unknown image recipe {kind!r}")
+
+
+def load_image_file(path: str) -> Image.Image:
+    """Open like ComfyUI's LoadImage (EXIF orientation applied); a non-image raises PIL.UnidentifiedImageError."""
+    with Image.open(path) as opened:
+        return ImageOps.exif_transpose(opened).convert("RGB")
+
+
+@functools.lru_cache(maxsize=4)
+def _motion_canvas(images: Images) -> Image.Image:
+    """The still the video pans across: the conditioning image, a bit larger than the frame, labelled."""
+    inner = images.source[1]
+    size = (round(images.width * (1 + PAN_MARGIN)), round(images.height * (1 + PAN_MARGIN)))
+    canvas = ImageOps.fit(render_frame(inner, 0), size, Image.Resampling.BILINEAR)
+    _draw_label(canvas, [f"{LABEL} - image to video"], anchor_size=(images.width, images.height))
+    return canvas
+
+
+def generated_image(size: tuple[int, int], seed: int, text: str) -> Image.Image:
+    """A seeded, prompt-dependent picture: soft colour fields plus fine grain, labelled as simulated."""
+    width, height = size
+    digest = hashlib.sha256(f"{seed}\0{text}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+    coarse = rng.integers(0, 256, size=(max(height // 96, 2), max(width // 96, 2), 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    grain_shape = (max(height // 4, 1), max(width // 4, 1), 1)
+    grain = np.asarray(
+        Image.fromarray(rng.integers(0, 48, size=grain_shape, dtype=np.uint8)[:, :, 0]).resize(size, Image.Resampling.NEAREST),
+        dtype=np.int16,
+    )[:, :, None]
+    pixels = np.clip(base + grain - 24, 0, 255).astype(np.uint8)
+    picture = Image.fromarray(pixels, "RGB")
+    snippet = text if len(text) <= 60 else text[:57] + "..."
+    _draw_label(picture, [LABEL, f"seed {seed}", snippet])
+    return picture
+
+
+def _draw_label(picture: Image.Image, lines: list[str], anchor_size: tuple[int, int] | None = None) -> None:
+    width, height = anchor_size or picture.size
+    font_size = max(10, min(width, height) // 18)
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except (TypeError, OSError):  # Pillow without FreeType: fixed-size bitmap font
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(picture)
+    x = y = max(4, font_size // 2)
+    text = "\n".join(line for line in lines if line)
+    box = draw.multiline_textbbox((x, y), text, font=font)
+    pad = max(2, font_size // 4)
+    draw.rectangle((box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad), fill=(0, 0, 0))
+    draw.multiline_text((x, y), text, font=font, fill=(255, 255, 255))
+
+
+def encode_png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=4)  # ComfyUI's SaveImage level
+    return buffer.getvalue()
+
+
+def encode_animated(images: Images, fps: float, image_format: str) -> bytes:
+    """SaveAnimatedWEBP / SaveAnimatedPNG: all frames in one animated file."""
+    frames = [render_frame(images, i) for i in range(images.count)]
+    buffer = io.BytesIO()
+    duration = round(1000 / fps)
+    if image_format == "WEBP":
+        frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=duration, lossless=True)
+    else:
+        frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:], duration=duration, compress_level=4)
+    return buffer.getvalue()
+
+
+# codec -> ffmpeg encoder arguments. H.264 like SaveVideo's mp4/auto, AV1 for SaveVideo webm, VP9 for SaveWEBM.
+ENCODERS: dict[str, list[str]] = {
+    "h264": ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "23"],
+    "av1": ["-c:v", "libaom-av1", "-cpu-used", "8", "-row-mt", "1", "-crf", "35", "-b:v", "0"],
+    "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-crf", "32", "-b:v", "0"],
+}
+
+
+def write_video(images: Images, fps: float, codec: str, destination: Path, container: str) -> None:
+    """Encode every frame with ffmpeg (raw RGB on stdin) into `destination` (muxer `container`), yuv420p at `fps`."""
+    rate = Fraction(fps).limit_denominator(1001)
+    command = [
+        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{images.width}x{images.height}",
+        "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "-",
+        *ENCODERS[codec], "-pix_fmt", "yuv420p",
+        *(["-movflags", "+faststart"] if container == "mp4" else []),  # playable while downloading
+        "-f", container, str(destination),
+    ]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None
+    try:
+        for index in range(images.count):
+            process.stdin.write(render_frame(images, index).tobytes())
+    except BrokenPipeError:
+        pass  # ffmpeg died; its stderr below says why
+    finally:
+        process.stdin.close()
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed to encode the video: {stderr.strip()[-500:]}")
