@@ -42,6 +42,16 @@ def test_readme_main_command_runs_the_whole_pipeline_on_a_fresh_machine(tmp_path
     assert not list(tmp_path.glob(".tmp_dagster_home_*"))
 
 
+def test_definitions_load_from_workspace_and_module(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    for target in (["-w", str(repo / "workspace.yaml")], ["-m", "comfy_pipeline"]):
+        proc = subprocess.run(
+            [str(BIN / "dagster"), "definitions", "validate", *target],
+            cwd=repo, env=clean_env(), capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_terminating_a_run_cancels_its_prompt_on_the_server(tmp_path):
     image = tmp_path / "start.png"
     from PIL import Image
