@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "validate-workflow": "comfy_pipeline.preflight_cli",
     "server": "comfy_pipeline.server_cli",
     "check": "comfy_pipeline.check_cli",
+    "bench": "comfy_pipeline.bench.cli",
 }
 
 

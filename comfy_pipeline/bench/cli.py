@@ -1,0 +1,81 @@
+"""`comfy-pipeline bench [--json] [--quick]`: the performance figures, ours next to the baseline's.
+
+Exit code 0 when every target is met, 1 when one is missed (or could not be measured), 2 on usage errors.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from comfy_pipeline.bench.report import Figure
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure notice latency, GPU utilisation, overheads and memory against in-process simulators",
+        description="Run the pipeline and a seed-style baseline side by side against simulators on loopback "
+        "with fixed simulated GPU times, and compare them with the targets (see BENCHMARKS.md).",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer prompts and a 64 MiB download instead of 1 GiB (well under a minute)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: every other `comfy-pipeline` command stays fast.
+    from comfy_pipeline.bench import measurements
+    from comfy_pipeline.bench.definitions_load import definitions_validate
+    from comfy_pipeline.bench.memory import download_memory
+    from comfy_pipeline.bench.report import as_json, machine, table
+
+    plan = measurements.QUICK if args.quick else measurements.FULL
+    host = machine()
+    started = time.monotonic()
+    figures: list[Figure] = []
+    video: list[Path | None] = []
+
+    def pipeline() -> list[Figure]:
+        figures, made = measurements.pipeline_figures(plan, work / "pipeline")
+        video.append(made)
+        return figures
+
+    with tempfile.TemporaryDirectory(prefix="comfy-bench-") as tmp:
+        work = Path(tmp)
+        _measure(figures, "dagster definitions validate",
+                 lambda: [definitions_validate(plan.validate_repeats, work / "defs")], ["definitions_validate_s"])
+        _measure(figures, "download memory", lambda: [download_memory(plan.download_bytes, work / "memory")],
+                 ["download_peak_memory_mb"])
+        _measure(figures, "notice latency, GPU utilisation, image_to_video_job overhead", pipeline,
+                 ["notice_latency_median_ms", "notice_latency_p95_ms", "gpu_utilisation", "job_overhead_s"])
+        _measure(figures, "video validation",
+                 lambda: [measurements.video_validation(video[0] if video else None, plan.video_repeats)],
+                 ["video_validation_s"])
+    report = as_json(figures, quick=args.quick, seconds=time.monotonic() - started, host=host)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(table(figures))
+        print(f"\n{'quick' if args.quick else 'full'} run, {report['seconds']} s on {host['cpus']} CPUs, "
+              f"Python {host['python']}")
+    if report["missed"]:
+        print(f"bench: target missed: {', '.join(report['missed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _measure(figures: list[Figure], what: str, measure: Callable[[], list[Figure]], keys: list[str]) -> None:
+    """Run one measurement; if it breaks, its figures are reported as errors and the others still run."""
+    print(f"bench: {what} ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        figures.extend(measure())
+    except Exception as exc:  # one broken measurement must not hide the others
+        message = f"{type(exc).__name__}: {exc}"
+        figures.extend(Figure(key, key, "-", "-", error=message) for key in keys)
+    print(f"bench: {what}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
