@@ -4,6 +4,10 @@ The GPU is the only expensive thing, so up to `max_in_flight` prompts sit in the
 while we wait for, download and check one prompt, the next is already running. Every graph is pre-flighted
 before the first submit (a missing model fails in a second, not after queueing), and anything that stops
 the batch, including a terminated Dagster run, cancels the prompts still on the server.
+
+A prompt the server forgot (it restarted) is submitted once more under the same prompt id: the client posts
+nothing for an id the server knows, so it cannot run twice; forgotten a second time, it fails. A server that
+stops answering fails every prompt of the batch at once instead of one server_down_timeout after another.
 """
 
 import logging
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_pipeline.comfyui.client import ComfyUIClient, ProgressEvent
-from comfy_pipeline.comfyui.errors import ComfyUIError, NodeError, ServerUnreachable, WorkflowValidationError
+from comfy_pipeline.comfyui.errors import ComfyUIError, NodeError, PromptLost, ServerUnreachable, WorkflowValidationError
 from comfy_pipeline.preflight import preflight
 from comfy_pipeline.workflows import Workflow
 
@@ -69,7 +73,8 @@ def preflight_jobs(client: ComfyUIClient, jobs: list[Job]) -> None:
             raise WorkflowValidationError(
                 f"pre-flight against {client.url} failed for {job.key}; nothing was submitted",
                 [
-                    NodeError(p.node_id, p.class_type, p.kind, f"{p.message} {p.hint or ''}".strip(), p.input_name)
+                    NodeError(p.node_id, p.class_type, p.kind,
+                              f"{p.message.rstrip('.')}. {p.hint}" if p.hint else p.message, p.input_name)
                     for p in report.problems
                 ],
                 workflow=job.workflow.name,
@@ -106,6 +111,10 @@ def run_batch(
                 in_flight.popleft()
                 if isinstance(current.result.error, ServerUnreachable):
                     _fail_all(pending, current.result.error)
+                    while in_flight:  # waiting for each would take server_down_timeout apiece
+                        item = in_flight.popleft()
+                        item.result.error = current.result.error
+                        _cancel_quietly(client, item.result.prompt_id)
     except BaseException:
         # Also DagsterExecutionInterruptedError / KeyboardInterrupt: nothing may keep running on the GPU.
         for item in in_flight:
@@ -114,7 +123,8 @@ def run_batch(
     return results
 
 
-def _submit(client: ComfyUIClient, result: JobResult) -> _InFlight | None:
+def _submit(client: ComfyUIClient, result: JobResult, prompt_id: str | None = None) -> _InFlight | None:
+    """Upload, inject and queue the job (under `prompt_id` when given); None with result.error on failure."""
     job = result.job
     try:
         values = dict(job.values)
@@ -124,7 +134,7 @@ def _submit(client: ComfyUIClient, result: JobResult) -> _InFlight | None:
             result.timings["upload"] = time.monotonic() - started
         graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
         submitted_at = time.time()
-        result.prompt_id = client.submit(graph)
+        result.prompt_id = client.submit(graph, prompt_id=prompt_id)
         log.info("queued %s as ComfyUI prompt %s", job.key, result.prompt_id)
         return _InFlight(result, submitted_at)
     except (ComfyUIError, ValueError, OSError) as exc:
@@ -137,7 +147,13 @@ def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress:
     job = result.job
     callback = (lambda event: on_progress(job, event)) if on_progress else None
     try:
-        outcome = client.wait(result.prompt_id, timeout, on_progress=callback)
+        try:
+            outcome = client.wait(result.prompt_id, timeout, on_progress=callback)
+        except PromptLost:
+            item = _resubmit(client, item)
+            if item is None:
+                return
+            outcome = client.wait(result.prompt_id, timeout, on_progress=callback)
         started = outcome.started_at or item.submitted_at
         result.timings["queue_wait"] = max(0.0, started - item.submitted_at)
         result.timings["execution"] = max(0.0, (outcome.finished_at or time.time()) - started)
@@ -154,8 +170,18 @@ def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress:
             name = f"{job.dest_stem}{'' if index == 0 else f'_{index}'}{suffix}"
             result.files.append(client.download(file, job.dest_dir, filename=name))
         result.timings["download"] = time.monotonic() - download_started
+    except PromptLost as exc:
+        result.error = PromptLost(exc.prompt_id, resubmitted=True)
     except (ComfyUIError, OSError) as exc:
         result.error = exc
+
+
+def _resubmit(client: ComfyUIClient, item: _InFlight) -> _InFlight | None:
+    """Submit a forgotten prompt once more under its own id (the client posts nothing if the server knows it)."""
+    result = item.result
+    log.warning("ComfyUI forgot prompt %s of %s (server restart?); submitting it once more under the same id",
+                result.prompt_id, result.job.key)
+    return _submit(client, result, prompt_id=result.prompt_id)
 
 
 def _fail_all(pending: deque[JobResult], error: Exception) -> None:

@@ -1,5 +1,6 @@
 """Dagster resources: the ComfyUI server and the quality thresholds of the output checks."""
 
+import os
 import time
 from typing import Any
 
@@ -20,6 +21,11 @@ class ComfyUIResource(dg.ConfigurableResource):
 
     Setting it up is free (it also happens on every sensor tick): the server is contacted, or the
     simulator started, only when a step first asks for the client.
+
+    URL and credentials left unset fall back to the environment when the client is made: a run config that
+    sets any field of this resource (`comfy-pipeline check` sets the URL, a launchpad user the timeout)
+    replaces its whole definition-time config, EnvVars included, and the run must not lose its server or
+    credentials because of that.
     """
 
     url: str | None = Field(default=None, description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL). Unset: the embedded simulator.")
@@ -30,6 +36,8 @@ class ComfyUIResource(dg.ConfigurableResource):
     request_timeout: float = Field(default=30.0, description="Seconds to wait for an HTTP answer.")
     prompt_timeout: float = Field(default=900.0, description="Seconds one prompt may take on the server before it is cancelled.")
     max_in_flight: int = Field(default=4, ge=1, description="Prompts queued on the server at once, so the GPU never waits for us.")
+    server_down_timeout: float = Field(default=60.0, gt=0, description="Seconds a server that stopped answering is waited for before its prompts fail.")
+    max_download_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest output file accepted; a bigger one is refused before anything is written.")
     output_dir: str = Field(default="comfy_outputs", description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR).")
     simulator_image_seconds: float = Field(default=0.2, description="Simulated GPU time per image (simulator only).")
     simulator_video_seconds: float = Field(default=1.0, description="Simulated GPU time per video (simulator only).")
@@ -42,12 +50,19 @@ class ComfyUIResource(dg.ConfigurableResource):
     def display_url(self) -> str:
         if self._client is not None:
             return self._client.url
-        return redact_url(self.url) if self.url else "embedded simulator"
+        url = self.url or os.environ.get("COMFYUI_URL")
+        return redact_url(url) if url else "embedded simulator"
+
+    def _credentials(self) -> dict[str, str | None]:
+        configured = {"token": self.token, "username": self.username, "password": self.password}
+        if any(configured.values()):
+            return {k: v or None for k, v in configured.items()}
+        return {k: os.environ.get(f"COMFYUI_{k.upper()}") or None for k in configured}
 
     def get_client(self) -> ComfyUIClient:
         if self._client is None:
             started = time.monotonic()
-            url = self.url or _recorded_session_url()
+            url = self.url or os.environ.get("COMFYUI_URL") or _recorded_session_url()
             if not url:
                 from comfy_pipeline.simulator import Simulator  # only needed for the embedded default
 
@@ -57,11 +72,11 @@ class ComfyUIResource(dg.ConfigurableResource):
                 url = self._simulator.url
             self._client = ComfyUIClient(
                 url,
-                token=self.token or None,
-                username=self.username or None,
-                password=self.password or None,
+                **self._credentials(),
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.request_timeout,
+                server_down_timeout=self.server_down_timeout,
+                max_download_bytes=self.max_download_bytes,
             )
             self._connect_seconds = time.monotonic() - started
         return self._client

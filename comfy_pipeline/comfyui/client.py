@@ -6,7 +6,9 @@ The server's traps this client is built around (details in PROTOCOL.md):
 - POST /prompt may answer 200 *and* node_errors (only part of the graph would run): cancelled and raised;
 - the server does not reject a reused prompt_id, it runs the prompt again: submit() checks before posting;
 - a POST /prompt that timed out may have been queued: it is looked up, never blindly resubmitted;
-- WebSockets die silently: wait() falls back to polling and the listener reconnects.
+- WebSockets die silently: wait() falls back to polling and the listener reconnects;
+- a server that goes away mid-prompt is waited for `server_down_timeout` seconds, not for the whole prompt timeout;
+- a restart wipes the history: a prompt whose end was heard on the socket is not called lost (nor run again).
 """
 
 import base64
@@ -47,8 +49,9 @@ from .files import OutputFile
 from .redaction import redact_url, scrub
 from .rejections import rejection_from_response
 
-GET_RETRY_DELAYS = (0.2, 0.5, 1.0)  # 5xx and resets, idempotent GETs only; POST /prompt is never retried
+GET_RETRY_DELAYS = (0.2, 0.5, 1.0)  # 5xx and resets, idempotent calls only; POST /prompt is never retried
 SAFETY_CHECK_SECONDS = 2.0  # with a healthy socket, still look at /history this often (sockets die silently)
+TERMINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
 MAX_REMEMBERED = 1000
 
 
@@ -119,6 +122,7 @@ class ComfyUIClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_download_bytes: int = 2 * 1024**3,
+        server_down_timeout: float = 60.0,
         client_id: str | None = None,
         poll_interval: float = 0.25,
         logger: logging.Logger | None = None,
@@ -140,6 +144,7 @@ class ComfyUIClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_download_bytes = max_download_bytes
+        self.server_down_timeout = server_down_timeout
         self.poll_interval = poll_interval
         self.log = logger or logging.getLogger("comfy_pipeline.comfyui")
 
@@ -424,7 +429,8 @@ class ComfyUIClient:
     def wait(self, prompt_id: str, timeout: float,
              on_progress: Callable[[ProgressEvent], None] | None = None) -> PromptResult:
         """Wait until the prompt is done and return its outputs, or raise ExecutionError, PromptInterrupted,
-        PromptLost (the server forgot it) or PromptTimeout (after cancelling it on the server)."""
+        PromptLost (the server forgot it), PromptTimeout (after cancelling it on the server) or ServerUnreachable
+        (no usable answer for `server_down_timeout` seconds)."""
         deadline = time.monotonic() + timeout
         submitted = self._submitted.get(prompt_id) or _Submitted({}, None, False)
         workflow = submitted.workflow
@@ -438,12 +444,13 @@ class ComfyUIClient:
         fast_until = 0.0 if submitted.on_our_socket else float("inf")  # poll fast until then
         via = "polling"
         gone = 0  # consecutive checks that found the prompt in neither the queue nor the history
+        down_since: float | None = None  # first of the consecutive checks that got no usable answer
+        heard = {"outputs": {}, "status": {"messages": []}}  # the history entry, as told by the socket
         try:
             while True:
                 now = time.monotonic()
                 if now >= deadline:
-                    self._cancel_quietly(prompt_id)
-                    raise PromptTimeout(prompt_id, timeout)
+                    raise PromptTimeout(prompt_id, timeout, cancel_error=self._cancel_quietly(prompt_id))
                 if not self._events.connected:
                     fast_until = max(fast_until, now + SAFETY_CHECK_SECONDS)
                 try:
@@ -455,12 +462,29 @@ class ComfyUIClient:
                     try:
                         entry, state = self._locate(prompt_id)
                     except (ServerUnreachable, ServerError) as exc:  # restarting, proxy hiccup: keep trying
+                        down_since = down_since if down_since is not None else time.monotonic()
+                        if time.monotonic() - down_since >= self.server_down_timeout:
+                            # A dead server would otherwise hold the run for the whole prompt timeout. A slow
+                            # one may still take the cancel: the prompt must not run on after we gave up on it.
+                            self._cancel_quietly(prompt_id)
+                            raise ServerUnreachable(
+                                self.url, f"no usable answer for {self.server_down_timeout:g} s while waiting for "
+                                f"prompt {prompt_id} ({exc}); whether it ran is unknown"
+                            ) from None
                         self.log.info("checking prompt %s failed (%s); trying again", prompt_id, exc)
                         entry, state = None, "unreachable"
+                    else:
+                        down_since = None
                     if entry:
                         return self._result(prompt_id, entry, via, on_progress, workflow)
                     gone = gone + 1 if state == "unknown" else 0
                     if gone >= 2:  # confirmed twice, a moment apart: the server forgot it
+                        messages = heard["status"]["messages"]
+                        if messages and messages[-1][0] in TERMINAL_EVENTS:
+                            # It ended before a restart wiped the history; running it again would run it twice.
+                            self.log.warning("the server forgot prompt %s after it ended (restart?); taking its "
+                                             "outcome and outputs from the WebSocket events", prompt_id)
+                            return self._result(prompt_id, heard, "websocket", on_progress, workflow)
                         raise PromptLost(prompt_id)
                     if state in ("unknown", "unreachable"):
                         next_check = time.monotonic() + max(self.poll_interval, 0.5)
@@ -475,21 +499,28 @@ class ComfyUIClient:
                     continue
                 for event in self._progress_events(prompt_id, kind, data, workflow):
                     self._emit(on_progress, event)
+                if kind == "executed" and isinstance(data.get("output"), dict):
+                    heard["outputs"][str(data.get("node"))] = data["output"]
+                elif kind in ("execution_start", "execution_cached", *TERMINAL_EVENTS):
+                    heard["status"]["messages"].append([kind, data])
                 if kind == "executing" and data.get("node") is None:
                     via = "websocket"
                     next_check = time.monotonic()  # done: the history entry is written before this event
-                elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+                elif kind in TERMINAL_EVENTS:
                     next_check = min(next_check, time.monotonic() + 0.5)  # in case `executing null` is lost
         finally:
             self._events.unwatch(prompt_id)
             with self._lock:
                 self._submitted.pop(prompt_id, None)
 
-    def _cancel_quietly(self, prompt_id: str) -> None:
+    def _cancel_quietly(self, prompt_id: str) -> str | None:
+        """Cancel; on failure log it and return why (the caller's error matters more)."""
         try:
             self.cancel(prompt_id)
         except ComfyUIError as exc:
             self.log.warning("could not cancel prompt %s on %s: %s", prompt_id, self.url, exc)
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def _progress_events(self, prompt_id: str, kind: str, data: dict, workflow: dict) -> list[ProgressEvent]:
         def class_of(node: Any) -> str | None:
@@ -560,11 +591,11 @@ class ComfyUIClient:
 
         The delete comes first: if the prompt starts between the delete and the queue check, the check sees it
         running. Only a running prompt is interrupted, because servers older than the targeted /interrupt
-        treat it as a global interrupt.
+        treat it as a global interrupt. Both calls are idempotent, so they are retried like GETs.
         """
-        self._request("POST", "/queue", json={"delete": [prompt_id]})
+        self._request("POST", "/queue", retry=True, json={"delete": [prompt_id]})
         if self._queue_state(prompt_id) == "running":
-            self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+            self._request("POST", "/interrupt", retry=True, json={"prompt_id": prompt_id})
             self.log.info("interrupted running prompt %s on %s", prompt_id, self.url)
         else:
             self.log.info("removed prompt %s from the queue of %s", prompt_id, self.url)
@@ -590,7 +621,7 @@ class ComfyUIClient:
         name = f"{stem[:80]}-{hashlib.sha256(data).hexdigest()[:12]}{path.suffix.lower()}"
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
         response = self._request(
-            "POST", "/upload/image",
+            "POST", "/upload/image", retry=True,  # idempotent: same name, same bytes, one stored copy
             files={"image": (name, data, mime)},
             data={"subfolder": subfolder, "type": "input"},
         )
@@ -632,6 +663,9 @@ class ComfyUIClient:
                     response.iter_content(_files.CHUNK_BYTES), dest_dir, name,
                     expected_bytes=expected, max_bytes=self.max_download_bytes, source=source,
                 )
-            except requests.RequestException as exc:
+            except requests.RequestException as exc:  # before OSError: requests' errors are OSErrors too
                 raise DownloadError(f"Download of {source} broke off ({self._clean(type(exc).__name__)}); "
                                     "the partial file was deleted. Try again.") from None
+            except OSError as exc:  # disk full, quota, file size limit, read-only folder
+                raise DownloadError(f"Writing {source} into {dest_dir} failed ({exc.strerror or exc}); "
+                                    "the partial file was deleted. Free some space and run again.") from None

@@ -100,22 +100,33 @@ class PromptInterrupted(ComfyUIError):
 class PromptLost(ComfyUIError):
     """The prompt is in neither the queue nor the history: the server restarted and forgot it."""
 
-    def __init__(self, prompt_id: str):
+    def __init__(self, prompt_id: str, *, resubmitted: bool = False):
         self.prompt_id = prompt_id
+        self.resubmitted = resubmitted
+        advice = (
+            "It had already been submitted again once after the server forgot it, so it is not submitted a third "
+            "time: look at the ComfyUI server log for why it keeps restarting."
+            if resubmitted else "Submit it again."
+        )
         super().__init__(
             f"ComfyUI prompt {prompt_id} is in neither the queue nor the history: "
-            "the server probably restarted and forgot it. Submit it again."
+            f"the server probably restarted and forgot it. {advice}"
         )
 
 
 class PromptTimeout(ComfyUIError):
-    """The prompt did not finish in time; it has been cancelled on the server."""
+    """The prompt did not finish in time; it has been cancelled on the server unless `cancelled` is False."""
 
-    def __init__(self, prompt_id: str, timeout: float):
+    def __init__(self, prompt_id: str, timeout: float, *, cancel_error: str | None = None):
         self.prompt_id = prompt_id
         self.timeout = timeout
+        self.cancelled = cancel_error is None
+        what = (
+            "was cancelled on the server" if cancel_error is None
+            else f"could not be cancelled on the server ({cancel_error}); look at its queue, it may still run"
+        )
         super().__init__(
-            f"ComfyUI prompt {prompt_id} did not finish within {timeout:g} s and was cancelled on the server. "
+            f"ComfyUI prompt {prompt_id} did not finish within {timeout:g} s and {what}. "
             "Raise the prompt timeout if the GPU needs longer."
         )
 

@@ -32,12 +32,13 @@ class Simulator:
         token: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        fault_seed: int = 0,
     ) -> None:
         self.host = host
         self.port = port
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._owns_data_dir = data_dir is None
-        self._faults = Faults()
+        self._faults = Faults(seed=fault_seed)  # the same seed and requests draw the same faults
         self._settings = dict(
             image_seconds=image_seconds,
             video_seconds=video_seconds,
@@ -152,10 +153,23 @@ class Simulator:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def fault_hits(self) -> dict[str, int]:
+        """How many requests / prompts each fault kind has hit since the simulator was made."""
+        return self._faults.hits()
+
     def restart(self) -> None:
         """Behave like a server restart: queue, history and cache forgotten, sockets dropped, the running
         prompt abandoned without a history entry."""
         self._call(self._server.restart())
+
+    def started_prompts(self) -> list[dict]:
+        """Every prompt the worker started, in order, also across restarts: {prompt_id, filename_prefixes,
+        faults, ended}; `ended` is the last execution message (execution_success, ...), None when a restart
+        abandoned the prompt."""
+        return self._call(self._copy_started())
+
+    async def _copy_started(self) -> list[dict]:
+        return [dict(entry) for entry in self._server.started]
 
     def busy_intervals(self) -> list[tuple[float, float]]:
         """time.monotonic() (start, end) of every prompt the worker ran."""

@@ -158,6 +158,10 @@ class RunFaults:
     corrupt_output: bool = False
     hostile_filename: bool = False
 
+    def kinds(self) -> list[str]:
+        """The fault kinds drawn, by their faults.KINDS names."""
+        return [name.replace("_", "-") for name, drawn in vars(self).items() if drawn]
+
 
 @dataclass
 class RunEnvironment:

@@ -39,7 +39,9 @@ class Faults:
     def __init__(self, seed: int = 0) -> None:
         self._lock = threading.Lock()
         self._active: dict[str, Fault] = {}
-        self._random = random.Random(seed)
+        # One stream per kind: how many requests a run makes (timing) does not shift the per-prompt draws.
+        self._randoms = {kind: random.Random(f"{seed}:{kind}") for kind in KINDS}
+        self._hits: dict[str, int] = {}
 
     def set(self, kind: str, *, rate: float = 1.0, count: int | None = None, delay: float = 0.5) -> None:
         if kind not in KINDS:
@@ -59,8 +61,14 @@ class Faults:
             fault = self._active.get(kind)
             if fault is None or (fault.count is not None and fault.count <= 0):
                 return None
-            if self._random.random() >= fault.rate:
+            if self._randoms[kind].random() >= fault.rate:
                 return None
             if fault.count is not None:
                 fault.count -= 1
+            self._hits[kind] = self._hits.get(kind, 0) + 1
             return fault
+
+    def hits(self) -> dict[str, int]:
+        """How many times each kind has hit so far (a restart does not reset this: it is the test's record)."""
+        with self._lock:
+            return dict(self._hits)

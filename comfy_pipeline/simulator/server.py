@@ -85,6 +85,7 @@ class SimServer:
         self.interrupt_flag = False
         self.free_memory_requested = False
         self.busy: list[tuple[float, float]] = []
+        self.started: list[dict] = []  # every prompt the worker started, with the faults drawn for it (kept on restart)
         self.messages: asyncio.Queue | None = None
         self.queue_changed: asyncio.Event | None = None
         self.worker_task: asyncio.Task | None = None
@@ -243,13 +244,23 @@ class SimServer:
                 continue
             self.queue_updated()
             self.interrupt_flag = False  # like execute_async: an interrupt aimed at nothing does not leak
-            run = self.current_run = PromptRun(self.run_environment(), item, self.draw_prompt_faults())
+            faults = self.draw_prompt_faults()
+            record = {
+                "prompt_id": item.prompt_id,
+                "filename_prefixes": sorted({str(node["inputs"]["filename_prefix"]) for node in item.prompt.values()
+                                             if "filename_prefix" in node.get("inputs", {})}),
+                "faults": faults.kinds(),
+                "ended": None,  # the last execution message, or None when a restart abandoned the prompt
+            }
+            self.started.append(record)
+            run = self.current_run = PromptRun(self.run_environment(), item, faults)
             started = time.monotonic()
             try:
                 result = await run.execute()
             finally:
                 self.busy.append((started, time.monotonic()))
                 self.current_run = None
+            record["ended"] = result["status"]["messages"][-1][0]
             self.queue.finish(item, result)
             self.queue_updated()
             if run.client_id is not None:
