@@ -11,6 +11,7 @@ stops answering fails every prompt of the batch at once instead of one server_do
 """
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -88,17 +89,27 @@ def run_batch(
     max_in_flight: int = 4,
     prompt_timeout: float = 900.0,
     on_progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
 ) -> list[JobResult]:
-    """Run `jobs` with up to `max_in_flight` prompts queued on the server; results in job order."""
+    """Run `jobs` with up to `max_in_flight` prompts queued on the server; results in job order.
+
+    Setting `stop` (from any thread, e.g. a signal handler) cancels the prompts on the server at once and makes
+    run_batch raise BatchInterrupted: a termination is honoured even when the exception Dagster raised for it
+    was swallowed (see comfy_pipeline.interrupts).
+    """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
     preflight_jobs(client, jobs)
     results = [JobResult(job) for job in jobs]
     pending = deque(results)
     in_flight: deque[_InFlight] = deque()
+    stop = stop or threading.Event()
+    watcher = _CancelOnStop(client, stop, in_flight)
     try:
         while pending or in_flight:
             while pending and len(in_flight) < max_in_flight:
+                if stop.is_set():
+                    raise BatchInterrupted()
                 result = pending.popleft()
                 submitted = _submit(client, result)
                 if submitted is not None:
@@ -107,8 +118,10 @@ def run_batch(
                     _fail_all(pending, result.error)
             if in_flight:
                 current = in_flight[0]  # stays listed until finished, so an interrupt cancels it too
-                _finish(client, current, prompt_timeout, on_progress)
+                _finish(client, current, prompt_timeout, on_progress, stop)
                 in_flight.popleft()
+                if stop.is_set():
+                    raise BatchInterrupted()
                 if isinstance(current.result.error, ServerUnreachable):
                     _fail_all(pending, current.result.error)
                     while in_flight:  # waiting for each would take server_down_timeout apiece
@@ -117,10 +130,40 @@ def run_batch(
                         _cancel_quietly(client, item.result.prompt_id)
     except BaseException:
         # Also DagsterExecutionInterruptedError / KeyboardInterrupt: nothing may keep running on the GPU.
-        for item in in_flight:
+        for item in list(in_flight):
             _cancel_quietly(client, item.result.prompt_id)
         raise
+    finally:
+        watcher.close()
     return results
+
+
+class BatchInterrupted(Exception):
+    """The batch was stopped (the run was terminated); its prompts were cancelled on the server."""
+
+    def __init__(self) -> None:
+        super().__init__("stopped: the run was interrupted; its prompts were cancelled on the ComfyUI server")
+
+
+class _CancelOnStop:
+    """A thread that cancels every in-flight prompt as soon as `stop` is set, so that a wait() blocked in the
+    main thread returns (interrupted) instead of lasting until the prompt timeout."""
+
+    def __init__(self, client: ComfyUIClient, stop: threading.Event, in_flight: deque):
+        self._client, self._stop, self._in_flight = client, stop, in_flight
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="comfy-cancel-on-stop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            if self._stop.wait(0.2):
+                for item in list(self._in_flight):
+                    _cancel_quietly(self._client, item.result.prompt_id)
+                return
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 def _submit(client: ComfyUIClient, result: JobResult, prompt_id: str | None = None) -> _InFlight | None:
@@ -142,7 +185,8 @@ def _submit(client: ComfyUIClient, result: JobResult, prompt_id: str | None = No
         return None
 
 
-def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress: ProgressCallback | None) -> None:
+def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress: ProgressCallback | None,
+            stop: threading.Event) -> None:
     result = item.result
     job = result.job
     callback = (lambda event: on_progress(job, event)) if on_progress else None
@@ -150,6 +194,8 @@ def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress:
         try:
             outcome = client.wait(result.prompt_id, timeout, on_progress=callback)
         except PromptLost:
+            if stop.is_set():  # we deleted it from the queue ourselves
+                raise
             item = _resubmit(client, item)
             if item is None:
                 return
