@@ -17,13 +17,13 @@ from comfy_pipeline.config import PromptConfig, VideoConfig
 from comfy_pipeline.generation import Job, JobResult, run_batch
 from comfy_pipeline.media import MediaError, check_image, check_video, image_preview_markdown, probe_image, probe_video, video_preview_markdown
 from comfy_pipeline.progress import ProgressLogger
-from comfy_pipeline.prompts import PromptError, PromptSpec, check_text, library_specs
+from comfy_pipeline.prompts import (
+    IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, image_values, library_specs, video_values,
+)
 from comfy_pipeline.resources import ComfyUIResource, QualityThresholds
 from comfy_pipeline.workflows import WorkflowError, load_workflow
 
 GROUP = "comfy"
-IMAGE_WORKFLOW = "z_image_turbo_generation"
-VIDEO_WORKFLOW = "ltx2_image_to_video"
 IMAGE_CHECKS = ("format", "file_size", "decodes", "dimensions")
 VIDEO_CHECKS = ("format", "file_size", "decodes", "duration", "frame_count", "fps", "dimensions")
 MAX_PREVIEWS = 6
@@ -33,12 +33,14 @@ MAX_PREVIEWS = 6
 def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output[list[dict]]:
     try:
         if config.prompts:
-            specs = [_checked_spec(p.to_spec()) for p in config.prompts]
+            specs = check_specs([p.to_spec() for p in config.prompts])
         else:
             library = library_specs()
             specs = library if config.use_library else library[:1]
     except PromptError as exc:
         raise dg.Failure(description=f"Bad prompt in run config: {exc}", allow_retries=False) from None
+    except WorkflowError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     table = "\n".join(
         ["| # | prompt | motion | seed | size | frames @ fps |", "|---|---|---|---|---|---|"]
         + [
@@ -74,7 +76,7 @@ def generated_image(
     run_tag = context.run_id[:8]
     jobs = []
     for i, spec in enumerate(specs):
-        values = {"prompt": spec.text, "seed": spec.seed, "width": spec.width, "height": spec.height}
+        values = image_values(spec)
         jobs.append(
             Job(
                 key=f"prompt {i}",
@@ -122,9 +124,7 @@ def ltx2_video(
     run_tag = context.run_id[:8]
     jobs = []
     for i, (spec, image) in enumerate(sources):
-        values = {"prompt": spec.motion_prompt or spec.text, "seed": spec.seed, "frames": spec.frames, "fps": spec.fps}
-        if spec.negative_prompt:
-            values["negative_prompt"] = spec.negative_prompt
+        values = video_values(spec)
         jobs.append(
             Job(
                 key=f"video {i}",
@@ -222,14 +222,6 @@ def validation_report(context: dg.AssetExecutionContext, comfy: ComfyUIResource)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def _checked_spec(spec: PromptSpec) -> PromptSpec:
-    check_text(spec.text)
-    for text in (spec.motion_prompt, spec.negative_prompt):
-        if text is not None:
-            check_text(text)
-    return spec
 
 
 def _load(name: str):
@@ -366,19 +358,24 @@ def _preview(make, item: dict) -> str:
 
 def _video_sources(context: dg.AssetExecutionContext, config: VideoConfig) -> list[tuple[PromptSpec, Path]]:
     if config.input_images:
+        text = config.motion_prompt or "Slow camera push-in"
+        spec = PromptSpec(text=text, motion_prompt=text, negative_prompt=config.negative_prompt, seed=config.seed, frames=config.frames, fps=config.fps)
+        try:
+            check_specs([spec])  # the values, then every image below: all checked before the server sees any
+        except PromptError as exc:
+            raise dg.Failure(description=f"Bad video config: {exc}", allow_retries=False) from None
+        except WorkflowError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         sources = []
         for raw in config.input_images:
             image = Path(raw).expanduser()
             try:
                 probe_image(image)
             except MediaError as exc:
-                raise dg.Failure(description=f"input image {raw!r} cannot be used: {exc}", allow_retries=False) from None
-            text = config.motion_prompt or "Slow camera push-in"
-            try:
-                check_text(text, "motion prompt")
-            except PromptError as exc:
-                raise dg.Failure(description=str(exc), allow_retries=False) from None
-            spec = PromptSpec(text=text, motion_prompt=text, negative_prompt=config.negative_prompt, seed=config.seed, frames=config.frames, fps=config.fps)
+                raise dg.Failure(
+                    description=f"input image cannot be used: {exc}. Give the path of a PNG, JPEG or WebP image.",
+                    allow_retries=False,
+                ) from None
             sources.append((spec, image))
         return sources
     images = _this_run_items(context).get("generated_image")

@@ -24,8 +24,9 @@ from comfy_pipeline import outputs
 from comfy_pipeline.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
-from comfy_pipeline.prompts import PromptError, PromptSpec, check_text, library_specs, specs_from_seed_prompts
+from comfy_pipeline.prompts import PromptError, PromptSpec, check_specs, check_text, library_specs, specs_from_seed_prompts
 from comfy_pipeline.session import SessionError, current_session
+from comfy_pipeline.workflows import WorkflowError
 
 TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")
 JOB_FOR_KIND = {
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     secrets = [os.environ.get("COMFYUI_TOKEN"), os.environ.get("COMFYUI_PASSWORD")]
     try:
         return _run(args)
-    except (UsageError, PromptError, CheckpointError, SessionError) as exc:
+    except (UsageError, PromptError, WorkflowError, CheckpointError, SessionError) as exc:
         _error(scrub(str(exc), secrets), args)
         return 2
     except Exception as exc:  # one clear line unless --verbose; the runs themselves are in the Dagster log
@@ -235,9 +236,8 @@ def _specs(args: argparse.Namespace) -> list[PromptSpec]:
         overrides["seed"] = args.seed
     if args.frames is not None:
         overrides["frames"] = args.frames
-    specs = [PromptSpec(**{**s.to_dict(), **overrides}) for s in specs]
-    _validate_values(specs)
-    return specs
+    # Sizes, frames, fps and seeds are checked against the workflows' parameter maps before any run starts.
+    return check_specs([PromptSpec(**{**s.to_dict(), **overrides}) for s in specs])
 
 
 def _read_prompts_file(path: Path) -> list[PromptSpec]:
@@ -245,6 +245,8 @@ def _read_prompts_file(path: Path) -> list[PromptSpec]:
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise UsageError(f"--prompts-file {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"--prompts-file {path}: cannot be read ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"--prompts-file {path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from None
     try:
@@ -254,27 +256,13 @@ def _read_prompts_file(path: Path) -> list[PromptSpec]:
     return specs_from_seed_prompts(raw, f"--prompts-file {path.name}")
 
 
-def _validate_values(specs: list[PromptSpec]) -> None:
-    """Check sizes, frames, fps and seeds against the workflows' parameter maps before any run starts."""
-    from comfy_pipeline.workflows import WorkflowError, load_workflow
-
-    image_wf, video_wf = load_workflow("z_image_turbo_generation"), load_workflow("ltx2_image_to_video")
-    for spec in specs:
-        try:
-            image_wf.validate_values({"prompt": spec.text, "seed": spec.seed, "width": spec.width, "height": spec.height})
-            video_wf.validate_values({"image": "start.png", "prompt": spec.motion_prompt or spec.text,
-                                      "seed": spec.seed, "frames": spec.frames, "fps": spec.fps})
-        except WorkflowError as exc:
-            raise UsageError(str(exc)) from None
-
-
 def _require_image(path: Path) -> None:
     from comfy_pipeline.media import MediaError, probe_image
 
     try:
         probe_image(path)
     except MediaError as exc:
-        raise UsageError(f"--image {path}: {exc}") from None
+        raise UsageError(f"--image {exc}; give a PNG, JPEG or WebP image") from None
 
 
 # --- server --------------------------------------------------------------------------------------------

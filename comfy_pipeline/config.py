@@ -1,4 +1,8 @@
-"""Run config of the assets, as the Dagster launchpad shows it."""
+"""Run config of the assets, as the Dagster launchpad shows it.
+
+Dagster checks the types; the ranges below are checked by the assets against the workflows' parameter maps
+(`prompts.check_specs`) before anything reaches the server.
+"""
 
 import dagster as dg
 from pydantic import Field
@@ -10,11 +14,11 @@ class PromptSpecConfig(dg.Config):
     text: str = Field(description="What the image shows (the Z-Image-Turbo prompt).")
     motion_prompt: str | None = Field(default=None, description="What happens in the video (LTX-2 prompt). Default: the image prompt.")
     negative_prompt: str | None = Field(default=None, description="What the video should avoid. Default: the workflow's own.")
-    seed: int = Field(default=0, description="Seed of both workflows; the same seed gives the same output.")
-    width: int = Field(default=1024, description="Image width (multiple of 16).")
-    height: int = Field(default=784, description="Image height (multiple of 16).")
-    frames: int = Field(default=121, description="Video length in frames (8n+1: 9, 17, ..., 121).")
-    fps: int = Field(default=25, description="Video frame rate.")
+    seed: int = Field(default=0, description="Seed of both workflows (0 or more); the same seed gives the same output.")
+    width: int = Field(default=1024, description="Image width: 256 to 2048, a multiple of 16.")
+    height: int = Field(default=784, description="Image height: 256 to 2048, a multiple of 16.")
+    frames: int = Field(default=121, description="Video length in frames: 8n+1 from 9 to 257 (9, 17, ..., 121, ...).")
+    fps: int = Field(default=25, description="Video frame rate: 1 to 60.")
 
     def to_spec(self) -> PromptSpec:
         return PromptSpec(**self.model_dump())
@@ -34,7 +38,7 @@ class VideoConfig(dg.Config):
         description="Local images to animate (video_generation_job). Empty: the images generated earlier in this run.",
     )
     motion_prompt: str | None = Field(default=None, description="LTX-2 prompt for input_images.")
-    negative_prompt: str | None = None
-    seed: int = 0
-    frames: int = 121
-    fps: int = 25
+    negative_prompt: str | None = Field(default=None, description="What the video should avoid, for input_images.")
+    seed: int = Field(default=0, description="Seed for input_images (0 or more).")
+    frames: int = Field(default=121, description="Video length for input_images: 8n+1 from 9 to 257.")
+    fps: int = Field(default=25, description="Frame rate for input_images: 1 to 60.")

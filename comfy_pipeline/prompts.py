@@ -11,6 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from comfy_pipeline.workflows import WorkflowError, load_workflow
+
+IMAGE_WORKFLOW = "z_image_turbo_generation"
+VIDEO_WORKFLOW = "ltx2_image_to_video"
 MAX_PROMPT_CHARS = 10_000
 MAX_PROMPT_FILE_BYTES = 1_000_000
 
@@ -41,7 +45,8 @@ def check_text(text: Any, what: str = "prompt") -> str:
         raise PromptError(f"The {what} must be text, got {type(text).__name__}.")
     stripped = text.strip()
     if not stripped:
-        raise PromptError(f"The {what} is empty: write what the image should show.")
+        fix = "write what the image should show" if what == "prompt" else "write it, or leave it out"
+        raise PromptError(f"The {what} is empty: {fix}.")
     if len(stripped) > MAX_PROMPT_CHARS:
         raise PromptError(
             f"The {what} is {len(stripped):,} characters long; the limit is {MAX_PROMPT_CHARS:,}. Shorten it."
@@ -53,6 +58,39 @@ def check_text(text: Any, what: str = "prompt") -> str:
                 "(only line breaks and tabs are allowed)."
             )
     return stripped
+
+
+def image_values(spec: PromptSpec) -> dict[str, Any]:
+    """The image workflow's parameter values for `spec`."""
+    return {"prompt": spec.text, "seed": spec.seed, "width": spec.width, "height": spec.height}
+
+
+def video_values(spec: PromptSpec) -> dict[str, Any]:
+    """The video workflow's parameter values for `spec` (without the uploaded image's name)."""
+    values = {"prompt": spec.motion_prompt or spec.text, "seed": spec.seed, "frames": spec.frames, "fps": spec.fps}
+    if spec.negative_prompt:
+        values["negative_prompt"] = spec.negative_prompt
+    return values
+
+
+def check_specs(specs: list[PromptSpec]) -> list[PromptSpec]:
+    """`specs` if both workflows accept every text and number in them; else PromptError naming the prompt, the
+    parameter, the value and what is allowed. Every entry point calls this before it talks to the server, so
+    a bad value costs no GPU time (not even the image of a run whose video settings are wrong).
+    A workflow that cannot be loaded raises WorkflowError."""
+    image_workflow, video_workflow = load_workflow(IMAGE_WORKFLOW), load_workflow(VIDEO_WORKFLOW)
+    for i, spec in enumerate(specs):
+        where = f"prompt {i}: " if len(specs) > 1 else ""
+        try:
+            check_text(spec.text)
+            for key in ("motion_prompt", "negative_prompt"):
+                if getattr(spec, key) is not None:
+                    check_text(getattr(spec, key), key.replace("_", " "))
+            image_workflow.validate_values(image_values(spec))
+            video_workflow.validate_values({**video_values(spec), "image": "start.png"})
+        except (PromptError, WorkflowError) as exc:
+            raise PromptError(f"{where}{exc}") from None
+    return specs
 
 
 _FIELD_NAMES = {f.name for f in fields(PromptSpec)} - {"extra"}

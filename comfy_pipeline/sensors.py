@@ -11,8 +11,10 @@ from comfy_pipeline import outputs
 from comfy_pipeline.circuit_breaker import breaker_state
 from comfy_pipeline.comfyui.redaction import scrub
 from comfy_pipeline.jobs import PIPELINE_JOBS, image_to_video_job, video_generation_job
-from comfy_pipeline.prompts import PromptError, read_prompt_file
+from comfy_pipeline.media import MediaError, probe_image
+from comfy_pipeline.prompts import PromptError, check_specs, read_prompt_file
 from comfy_pipeline.resources import ComfyUIResource
+from comfy_pipeline.workflows import WorkflowError
 
 PROMPT_SUFFIXES = (".txt", ".json")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -33,12 +35,20 @@ def _beside_image(prompt_file: Path) -> Path | None:
 
 def inbox_run_request(prompt_file: Path) -> dg.RunRequest:
     """One run per prompt file. The run key is the content hash (plus the image's), so the same file dropped
-    again does not run twice and an edited one does. Raises PromptError for a bad file."""
-    specs = read_prompt_file(prompt_file)
+    again does not run twice and an edited one does. Raises PromptError for a bad file (or image), so that a
+    run that would fail on its values never starts."""
+    specs = check_specs(read_prompt_file(prompt_file))
     digest = hashlib.sha256(prompt_file.read_bytes())
     image = _beside_image(prompt_file)
     tags = {"comfy_pipeline/inbox_file": prompt_file.name}
     if image is not None:
+        try:
+            probe_image(image)
+        except MediaError as exc:
+            raise PromptError(
+                f"{prompt_file.name}: the image beside it, {image.name}, cannot be used ({exc}); replace it with a "
+                "PNG, JPEG or WebP image, or remove it to generate the image from the prompt"
+            ) from None
         digest.update(image.read_bytes())
         spec = specs[0]
         config = {
@@ -83,7 +93,7 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
             continue
         try:
             requests.append(inbox_run_request(path))
-        except PromptError as exc:
+        except (PromptError, WorkflowError) as exc:
             problems.append(str(exc) if str(exc).startswith(path.name) else f"{path.name}: {exc}")
     for problem in problems:
         context.log.warning(f"skipped inbox file {problem}")
