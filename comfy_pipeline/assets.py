@@ -5,7 +5,14 @@ hashes, sizes and previews as metadata, and downstream assets find this run's fi
 materialization events (lineage stays in Dagster, bytes stay on disk).
 """
 
+import contextlib
+import importlib
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +21,12 @@ import dagster as dg
 from comfy_pipeline import outputs
 from comfy_pipeline.comfyui.errors import ComfyUIError
 from comfy_pipeline.config import PromptConfig, VideoConfig
-from comfy_pipeline.generation import Job, JobResult, run_batch
-from comfy_pipeline.media import MediaError, check_image, check_video, image_preview_markdown, probe_image, probe_video, video_preview_markdown
+from comfy_pipeline.generation import BatchInterrupted, Job, JobResult, run_batch
+from comfy_pipeline.interrupts import interrupt_flag
+from comfy_pipeline.media import (
+    MediaError, check_image, check_video, image_preview_markdown, probe_image, probe_video, sha256_file,
+    video_preview_markdown,
+)
 from comfy_pipeline.progress import ProgressLogger
 from comfy_pipeline.prompts import (
     IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, image_values, library_specs, video_values,
@@ -24,8 +35,6 @@ from comfy_pipeline.resources import ComfyUIResource, QualityThresholds
 from comfy_pipeline.workflows import WorkflowError, load_workflow
 
 GROUP = "comfy"
-IMAGE_CHECKS = ("format", "file_size", "decodes", "dimensions")
-VIDEO_CHECKS = ("format", "file_size", "decodes", "duration", "frame_count", "fps", "dimensions")
 MAX_PREVIEWS = 6
 
 
@@ -60,47 +69,18 @@ def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output
     kinds={"comfyui", "image"},
     description="One Z-Image-Turbo image per prompt, all queued on the ComfyUI server together.",
     check_specs=[
-        dg.AssetCheckSpec(f"image_{name}", asset="generated_image", blocking=True, description=f"Image check: {name}")
-        for name in IMAGE_CHECKS
+        dg.AssetCheckSpec(
+            "image_quality", asset="generated_image", blocking=True,
+            description="Every image: PNG or JPEG, size within limits, decodes, dimensions as requested. "
+            "Blocking: a broken image never goes on to the video step.",
+        )
     ],
 )
 def generated_image(
     context: dg.AssetExecutionContext, prompt: list[dict], comfy: ComfyUIResource, quality: QualityThresholds
-) -> dg.MaterializeResult:
-    specs = [PromptSpec(**p) for p in prompt]
-    loading_started = time.monotonic()
-    workflow = _load(IMAGE_WORKFLOW)
-    load_s = round(time.monotonic() - loading_started, 4)
-    server = {**_server_info(context, comfy), "workflow_load_s": load_s}
-    folder = outputs.kind_dir(_run_folder(context, comfy), "images")
-    run_tag = context.run_id[:8]
-    jobs = []
-    for i, spec in enumerate(specs):
-        values = image_values(spec)
-        jobs.append(
-            Job(
-                key=f"prompt {i}",
-                workflow=workflow,
-                values=values,
-                filename_prefix=f"comfy_pipeline/{run_tag}/image_{i:02d}",
-                dest_dir=folder,
-                dest_stem=f"{i:02d}_{outputs.slugify(spec.text)}_seed{spec.seed}",
-            )
-        )
-    results = _run(context, comfy, jobs)
-    items = []
-    for spec, result in zip(specs, results):
-        started = time.monotonic()
-        path = result.files[0]
-        checks = check_image(path, width=spec.width, height=spec.height, thresholds=quality.image())
-        item = _item(spec, result, workflow, server, checks, time.monotonic() - started)
-        try:
-            info = probe_image(path)
-            item.update(width=info.width, height=info.height, format=info.format)
-        except MediaError:
-            pass
-        items.append(item)
-    return _materialize(context, "generated_image", items, server, IMAGE_CHECKS, image_preview_markdown)
+) -> Iterator[dg.MaterializeResult]:
+    sources = [(PromptSpec(**p), None) for p in prompt]
+    yield from _generate(context, comfy, quality, IMAGES, sources)
 
 
 @dg.asset(
@@ -109,55 +89,17 @@ def generated_image(
     deps=[generated_image],
     description="An LTX-2 video from each image: uploaded to ComfyUI, animated, downloaded as MP4.",
     check_specs=[
-        dg.AssetCheckSpec(f"video_{name}", asset="ltx2_video", description=f"Video check: {name}") for name in VIDEO_CHECKS
+        dg.AssetCheckSpec(
+            "video_quality", asset="ltx2_video",
+            description="Every video: MP4 or WebM, size within limits, decodes, duration > 0, frame count, fps "
+            "and dimensions as requested.",
+        )
     ],
 )
 def ltx2_video(
     context: dg.AssetExecutionContext, config: VideoConfig, comfy: ComfyUIResource, quality: QualityThresholds
-) -> dg.MaterializeResult:
-    sources = _video_sources(context, config)
-    loading_started = time.monotonic()
-    workflow = _load(VIDEO_WORKFLOW)
-    load_s = round(time.monotonic() - loading_started, 4)
-    server = {**_server_info(context, comfy), "workflow_load_s": load_s}
-    folder = outputs.kind_dir(_run_folder(context, comfy), "videos")
-    run_tag = context.run_id[:8]
-    jobs = []
-    for i, (spec, image) in enumerate(sources):
-        values = video_values(spec)
-        jobs.append(
-            Job(
-                key=f"video {i}",
-                workflow=workflow,
-                values=values,
-                filename_prefix=f"comfy_pipeline/{run_tag}/video_{i:02d}",
-                dest_dir=folder,
-                dest_stem=f"{i:02d}_{outputs.slugify(spec.motion_prompt or spec.text)}_seed{spec.seed}",
-                upload=image,
-            )
-        )
-    results = _run(context, comfy, jobs)
-    width = workflow.defaults().get("width")
-    height = workflow.defaults().get("height")
-    items = []
-    for (spec, image), result in zip(sources, results):
-        started = time.monotonic()
-        path = result.files[0]
-        checks = check_video(
-            path, width=width, height=height, frames=spec.frames, fps=spec.fps, thresholds=quality.video()
-        )
-        item = _item(spec, result, workflow, server, checks, time.monotonic() - started)
-        item["input_image"] = str(image)
-        try:
-            info = probe_video(path)
-            item.update(
-                width=info.width, height=info.height, duration_s=round(info.duration, 3), fps=info.fps,
-                frame_count=info.frame_count, codec=info.codec, container=info.container,
-            )
-        except MediaError:
-            pass
-        items.append(item)
-    return _materialize(context, "ltx2_video", items, server, VIDEO_CHECKS, video_preview_markdown)
+) -> Iterator[dg.MaterializeResult]:
+    yield from _generate(context, comfy, quality, VIDEOS, _video_sources(context, config))
 
 
 @dg.asset(
@@ -207,7 +149,7 @@ def validation_report(context: dg.AssetExecutionContext, comfy: ComfyUIResource)
             "report_json": dg.MetadataValue.path(str(json_path)),
             "report_csv": dg.MetadataValue.path(str(csv_path)),
             "timings_s": dg.MetadataValue.json(timings),
-            "report": dg.MetadataValue.md(_md_table(table)),
+            "report": dg.MetadataValue.md(_md_rows(list(table.columns), table.itertuples(index=False))),
             "dagster/row_count": len(frame),
         },
         check_results=[
@@ -249,29 +191,126 @@ def _server_info(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> d
 def _run_folder(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> Path:
     record = context.instance.get_run_record_by_id(context.run_id)
     started = record.create_timestamp.timestamp() if record else time.time()
-    return outputs.run_dir(comfy.output_dir, context.run_id, started)
+    return outputs.run_dir(comfy.output_path, context.run_id, started)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What differs between the image and the video asset; everything else is one code path."""
+
+    asset: str
+    workflow: str
+    folder: str
+    job: str  # "prompt 0", "video 0" in logs
+    check: str
+    inspect: Callable[[Path, PromptSpec, Any, QualityThresholds], dict[str, Any]]
+
+
+def _inspect_image(path: Path, spec: PromptSpec, workflow, quality: QualityThresholds) -> dict[str, Any]:
+    checks = check_image(path, width=spec.width, height=spec.height, thresholds=quality.image())
+    fields: dict[str, Any] = {}
+    with contextlib.suppress(MediaError):
+        info = probe_image(path)
+        fields = {"width": info.width, "height": info.height, "format": info.format}
+    return {"checks": checks, "fields": fields, "preview": _preview(image_preview_markdown, path)}
+
+
+def _inspect_video(path: Path, spec: PromptSpec, workflow, quality: QualityThresholds) -> dict[str, Any]:
+    size = workflow.defaults()
+    # The checks, the probe and the contact sheet each wait on ffmpeg: run them side by side.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        checks = pool.submit(
+            check_video, path, width=size.get("width"), height=size.get("height"), frames=spec.frames,
+            fps=spec.fps, thresholds=quality.video(),
+        )
+        probe = pool.submit(probe_video, path)
+        preview = pool.submit(_preview, video_preview_markdown, path)
+        fields: dict[str, Any] = {}
+        with contextlib.suppress(MediaError):
+            info = probe.result()
+            fields = {
+                "width": info.width, "height": info.height, "duration_s": round(info.duration, 3), "fps": info.fps,
+                "frame_count": info.frame_count, "codec": info.codec, "container": info.container,
+            }
+        return {"checks": checks.result(), "fields": fields, "preview": preview.result()}
+
+
+IMAGES = _Kind("generated_image", IMAGE_WORKFLOW, "images", "prompt", "image_quality", _inspect_image)
+VIDEOS = _Kind("ltx2_video", VIDEO_WORKFLOW, "videos", "video", "video_quality", _inspect_video)
+
+
+def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind: _Kind,
+              sources: list[tuple[PromptSpec, Path | None]]) -> Iterator[dg.MaterializeResult]:
+    """Run every source through the kind's workflow, check each output, record them all in one materialization;
+    then fail the step if a prompt produced nothing (its error is in the failure, the good outputs are kept)."""
+    loading_started = time.monotonic()
+    workflow = _load(kind.workflow)
+    server = {**_server_info(context, comfy), "workflow_load_s": round(time.monotonic() - loading_started, 4)}
+    folder = outputs.kind_dir(_run_folder(context, comfy), kind.folder)
+    run_tag = context.run_id[:8]
+    jobs = []
+    for i, (spec, image) in enumerate(sources):
+        text = spec.text if image is None else spec.motion_prompt or spec.text
+        jobs.append(
+            Job(
+                key=f"{kind.job} {i}",
+                workflow=workflow,
+                values=image_values(spec) if image is None else video_values(spec),
+                filename_prefix=f"comfy_pipeline/{run_tag}/{kind.folder[:-1]}_{i:02d}",
+                dest_dir=folder,
+                dest_stem=f"{i:02d}_{outputs.slugify(text)}_seed{spec.seed}",
+                upload=image,
+            )
+        )
+    results = _run(context, comfy, jobs)
+    made = [(spec, image, r) for (spec, image), r in zip(sources, results) if r.ok]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        inspections = list(pool.map(lambda m: _timed(kind.inspect, m[2].files[0], m[0], workflow, quality), made))
+    items = [_item(spec, image, result, workflow, server, found) for (spec, image, result), found in zip(made, inspections)]
+    failed = [r for r in results if not r.ok]
+    if items:
+        yield _materialize(context, kind, items, server, failed)
+    if failed:
+        lines = [f"{r.job.key}: {r.error}" for r in failed]
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(results)} prompt(s) failed:\n" + "\n".join(lines)
+            + (f"\nThe other {len(items)} output(s) were checked and recorded." if items else ""),
+            metadata=_failure_metadata(failed[0].error),
+        )
+
+
+def _timed(inspect, path: Path, spec: PromptSpec, workflow, quality: QualityThresholds) -> dict[str, Any]:
+    started = time.monotonic()
+    found = inspect(path, spec, workflow, quality)
+    found["validation_s"] = time.monotonic() - started
+    return found
 
 
 def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[Job]) -> list[JobResult]:
-    progress = ProgressLogger(context.log)
+    _warm_up_report_imports()
     try:
-        results = run_batch(
-            comfy.get_client(), jobs, max_in_flight=comfy.max_in_flight,
-            prompt_timeout=comfy.prompt_timeout, on_progress=progress,
-        )
+        with interrupt_flag() as stop:
+            results = run_batch(
+                comfy.get_client(), jobs, max_in_flight=comfy.max_in_flight,
+                prompt_timeout=comfy.prompt_timeout, on_progress=ProgressLogger(context.log), stop=stop,
+            )
+    except BatchInterrupted:
+        # The interrupt exception itself was lost (see comfy_pipeline.interrupts); the prompts are cancelled.
+        raise dg.DagsterExecutionInterruptedError() from None
     except (ComfyUIError, WorkflowError) as exc:
         raise dg.Failure(description=str(exc), metadata=_failure_metadata(exc), allow_retries=False) from None
-    failed = [r for r in results if not r.ok]
-    if failed:
-        lines = [f"{r.job.key}: {r.error}" for r in failed]
-        kept = [str(p) for r in results if r.ok for p in r.files]
-        raise dg.Failure(
-            description=f"{len(failed)} of {len(results)} prompt(s) failed:\n" + "\n".join(lines),
-            metadata={**_failure_metadata(failed[0].error), "kept_outputs": dg.MetadataValue.json(kept)},
-        )
     for result in results:
-        context.log.info(f"{result.job.key}: {result.files[0]} (prompt {result.prompt_id})")
+        if result.ok:
+            context.log.info(f"{result.job.key}: {result.files[0]} (prompt {result.prompt_id})")
+        else:
+            context.log.error(f"{result.job.key}: {result.error}")
     return results
+
+
+def _warm_up_report_imports() -> None:
+    """Import pandas (for the report) in the background while the GPU works, instead of after it."""
+    if "pandas" not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
 
 
 def _failure_metadata(error: BaseException | None) -> dict[str, Any]:
@@ -282,23 +321,29 @@ def _failure_metadata(error: BaseException | None) -> dict[str, Any]:
     return meta
 
 
-def _item(spec: PromptSpec, result: JobResult, workflow, server: dict, checks, validation_s: float) -> dict[str, Any]:
+def _item(spec: PromptSpec, image: Path | None, result: JobResult, workflow, server: dict, found: dict) -> dict[str, Any]:
     path = result.files[0]
-    timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(validation_s, 4)}
-    return {
-        "prompt": spec.text, "spec": {k: v for k, v in spec.to_dict().items() if k != "extra"}, "seed": spec.seed,
+    timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(found["validation_s"], 4)}
+    item = {
+        "job": result.job.key, "prompt": spec.text, "spec": {k: v for k, v in spec.to_dict().items() if k != "extra"},
+        "seed": spec.seed,
         "requested_size": f"{spec.width}x{spec.height}", "workflow": workflow.name, "workflow_sha256": workflow.sha256,
         "prompt_id": result.prompt_id, "backend": server["backend"], "comfyui_version": server["comfyui_version"],
         "gpu": server["gpu"], "path": str(path), "size_bytes": path.stat().st_size,
-        "sha256": _sha256(path), "timings_s": timings, "cached_nodes": result.cached_nodes,
+        "sha256": sha256_file(path), "timings_s": timings, "cached_nodes": result.cached_nodes,
         "checks": [
             {"name": c.name, "passed": c.passed, "value": _cell(c.value), "expected": _cell(c.expected), "message": c.message}
-            for c in checks
+            for c in found["checks"]
         ],
+        "preview": found["preview"],
+        **found["fields"],
     }
+    if image is not None:
+        item["input_image"] = str(image)
+    return item
 
 
-def _materialize(context, asset_name: str, items: list[dict], server: dict, check_names, preview) -> dg.MaterializeResult:
+def _materialize(context, kind: _Kind, items: list[dict], server: dict, failed: list[JobResult]) -> dg.MaterializeResult:
     phases: dict[str, float] = {"connection": server["connection_s"], "workflow_load": server["workflow_load_s"]}
     for item in items:
         for phase, seconds in item["timings_s"].items():
@@ -323,37 +368,39 @@ def _materialize(context, asset_name: str, items: list[dict], server: dict, chec
         "execution_s": first["timings_s"].get("execution", 0.0),
         "download_s": first["timings_s"].get("download", 0.0),
         "timings_s": dg.MetadataValue.json(phases),
-        "items": dg.MetadataValue.json(items),
-        "preview": dg.MetadataValue.md("\n\n".join(_preview(preview, item) for item in items[:MAX_PREVIEWS])),
+        "items": dg.MetadataValue.json([{k: v for k, v in item.items() if k != "preview"} for item in items]),
+        "preview": dg.MetadataValue.md(
+            "\n\n".join(f"**{_md(item['prompt'])[:120]}**\n\n{item['preview']}" for item in items[:MAX_PREVIEWS])
+        ),
     }
     for key in ("width", "height", "format", "duration_s", "fps", "frame_count", "codec", "container"):
         if key in first:
             metadata[key] = first[key]
-    prefix = "image_" if asset_name == "generated_image" else "video_"
-    check_results = []
-    for name in check_names:
-        per_item = [next(c for c in item["checks"] if c["name"] == name) for item in items]
-        bad = [f"{item['path']}: {c['message']}" for item, c in zip(items, per_item) if not c["passed"]]
-        check_results.append(
-            dg.AssetCheckResult(
-                check_name=f"{prefix}{name}",
-                passed=not bad,
-                metadata={"values": dg.MetadataValue.json([{"path": i["path"], "value": c["value"], "expected": c["expected"]} for i, c in zip(items, per_item)])},
-                description="; ".join(bad)[:2000] if bad else None,
-            )
-        )
+    bad = [c["message"] for item in items for c in item["checks"] if not c["passed"]]  # messages name the file
+    bad += [f"{r.job.key}: no output ({r.error})" for r in failed]
     for item in items:
-        failed = [c["name"] for c in item["checks"] if not c["passed"]]
-        if failed:
-            context.log.error(f"{item['path']} failed check(s) {failed}; the file is kept for inspection")
-    return dg.MaterializeResult(metadata=metadata, check_results=check_results)
+        names = [c["name"] for c in item["checks"] if not c["passed"]]
+        if names:
+            context.log.error(f"{item['path']} failed check(s) {names}; the file is kept for inspection")
+    table = _md_rows(
+        ["output", *[c["name"] for c in first["checks"]]],
+        [[Path(item["path"]).name, *["pass" if c["passed"] else f"FAIL: {c['value']}" for c in item["checks"]]]
+         for item in items],
+    )
+    check = dg.AssetCheckResult(
+        check_name=kind.check,
+        passed=not bad,
+        metadata={"checks": dg.MetadataValue.md(table), "failures": dg.MetadataValue.json(bad)},
+        description="; ".join(bad)[:2000] if bad else f"{len(items)} output(s), every check passed",
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
-def _preview(make, item: dict) -> str:
+def _preview(make: Callable[[Path], str], path: Path) -> str:
     try:
-        return f"**{_md(item['prompt'])[:120]}**\n\n{make(item['path'])}"
+        return make(path)
     except MediaError as exc:
-        return f"**{_md(item['prompt'])[:120]}**: no preview ({exc})"
+        return f"no preview ({exc})"
 
 
 def _video_sources(context: dg.AssetExecutionContext, config: VideoConfig) -> list[tuple[PromptSpec, Path]]:
@@ -407,12 +454,6 @@ def _this_run_items(context: dg.AssetExecutionContext) -> dict[str, dict]:
     return found
 
 
-def _sha256(path: Path) -> str:
-    from comfy_pipeline.media import sha256_file
-
-    return sha256_file(path)
-
-
 def _cell(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
@@ -421,7 +462,7 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(frame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+def _md_rows(header: list[str], rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -75,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--comfyui-url", default=os.environ.get("COMFYUI_URL"),
                    help="ComfyUI server (env COMFYUI_URL). Unset: a running `comfy-pipeline server` session, "
                    "else the embedded simulator")
-    p.add_argument("--timeout", type=float, default=_env_float("TEST_TIMEOUT", 900.0),
+    # A string default goes through type=float too: a bad TEST_TIMEOUT is a usage error, not silently ignored.
+    p.add_argument("--timeout", type=float, default=os.environ.get("TEST_TIMEOUT", "900"),
                    help="seconds one prompt may take on the server (env TEST_TIMEOUT; default 900)")
     p.add_argument("--output-dir", default=os.environ.get("COMFY_PIPELINE_OUTPUT_DIR", "comfy_outputs"))
     p.add_argument("--prompt", action="append", default=[], help="an image prompt (repeatable)")
@@ -109,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.report:
         print(store.format_report())
         return 0
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     tests = plan_tests(args)
     with _server(args) as (url, backend_note):
         if backend_note:
@@ -332,7 +335,12 @@ def _write_report(args: argparse.Namespace, results: list[TestResult], store: Ch
 
 def _print_line(result: TestResult) -> None:
     status = "PASS" if result.success else "FAIL"
-    detail = result.errors[0].splitlines()[0] if result.errors else ", ".join(Path(p).name for p in result.outputs)
+    if result.errors:
+        lines = result.errors[0].splitlines()
+        # "1 of 2 prompt(s) failed:" says less than the line after it, which names the prompt and the cause.
+        detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    else:
+        detail = ", ".join(Path(p).name for p in result.outputs)
     print(f"{status} {result.name} in {result.duration:.1f}s  {detail}", file=sys.stderr)
 
 
@@ -350,10 +358,3 @@ def _error(message: str, args: argparse.Namespace) -> None:
     print(f"comfy-pipeline check: {message}", file=sys.stderr)
     if getattr(args, "verbose", False):
         traceback.print_exc()
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default

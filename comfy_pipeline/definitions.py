@@ -22,7 +22,6 @@ comfy = ComfyUIResource(
     token=_env("COMFYUI_TOKEN"),
     username=_env("COMFYUI_USERNAME"),
     password=_env("COMFYUI_PASSWORD"),
-    output_dir=_env("COMFY_PIPELINE_OUTPUT_DIR", "comfy_outputs"),
 )
 
 defs = dg.Definitions(

@@ -5,8 +5,12 @@ from typing import Any
 
 
 class ProgressLogger:
-    """Callable for `run_batch(on_progress=...)`; logs node starts and sampler steps, at most every `interval` s
-    per prompt (first and last step always), so a 20-step sampler does not flood the Dagster event log."""
+    """Callable for `run_batch(on_progress=...)`.
+
+    Every line is a Dagster event (a database write), so lines are rate-limited to one per `interval` seconds
+    per prompt; the first and last sampler step are always logged. A graph of 50 nodes thus costs a few events,
+    not 50.
+    """
 
     def __init__(self, log: Any, interval: float = 1.0):
         self.log = log
@@ -16,13 +20,17 @@ class ProgressLogger:
     def __call__(self, job: Any, event: Any) -> None:
         key = getattr(job, "key", str(job))
         if event.kind == "progress" and event.max:
-            now = time.monotonic()
             edge = event.value in (1, event.max)
-            if not edge and now - self._last.get(key, 0.0) < self.interval:
-                return
-            self._last[key] = now
-            self.log.info(f"{key}: node {event.node} ({event.class_type or '?'}) step {event.value}/{event.max}")
-        elif event.kind == "executing" and event.node:
+            if edge or self._due(key):
+                self.log.info(f"{key}: node {event.node} ({event.class_type or '?'}) step {event.value}/{event.max}")
+        elif event.kind == "executing" and event.node and self._due(key):
             self.log.debug(f"{key}: running node {event.node} ({event.class_type or '?'})")
-        elif event.kind == "cached" and event.node:
+        elif event.kind == "cached" and event.node and self._due(key):
             self.log.debug(f"{key}: node {event.node} served from the server's cache")
+
+    def _due(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, float("-inf")) < self.interval:
+            return False
+        self._last[key] = now
+        return True

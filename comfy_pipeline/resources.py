@@ -2,6 +2,7 @@
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -38,13 +39,18 @@ class ComfyUIResource(dg.ConfigurableResource):
     max_in_flight: int = Field(default=4, ge=1, description="Prompts queued on the server at once, so the GPU never waits for us.")
     server_down_timeout: float = Field(default=60.0, gt=0, description="Seconds a server that stopped answering is waited for before its prompts fail.")
     max_download_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest output file accepted; a bigger one is refused before anything is written.")
-    output_dir: str = Field(default="comfy_outputs", description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR).")
+    output_dir: str | None = Field(default=None, description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).")
     simulator_image_seconds: float = Field(default=0.2, description="Simulated GPU time per image (simulator only).")
     simulator_video_seconds: float = Field(default=1.0, description="Simulated GPU time per video (simulator only).")
 
     _client: ComfyUIClient | None = PrivateAttr(default=None)
     _simulator: Any = PrivateAttr(default=None)
     _connect_seconds: float = PrivateAttr(default=0.0)
+
+    @property
+    def output_path(self) -> Path:
+        """The output folder; like the URL it falls back to the environment when the run config leaves it out."""
+        return Path(self.output_dir or os.environ.get("COMFY_PIPELINE_OUTPUT_DIR") or "comfy_outputs")
 
     @property
     def display_url(self) -> str:

@@ -21,7 +21,7 @@ TIMEZONE = os.environ.get("COMFY_PIPELINE_TIMEZONE", "UTC")
     "COMFY_PIPELINE_DAILY_CRON / COMFY_PIPELINE_TIMEZONE say otherwise); one run per day.",
 )
 def daily_image_to_video_schedule(context: dg.ScheduleEvaluationContext, comfy: ComfyUIResource):
-    breaker = breaker_state(context.instance, comfy.output_dir)
+    breaker = breaker_state(context.instance, comfy.output_path)
     if breaker.open:
         return dg.SkipReason(breaker.message)
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")

@@ -82,10 +82,10 @@ def inbox_run_request(prompt_file: Path) -> dg.RunRequest:
     "dropped into <output folder>/inbox.",
 )
 def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResource):
-    breaker = breaker_state(context.instance, comfy.output_dir)
+    breaker = breaker_state(context.instance, comfy.output_path)
     if breaker.open:
         return dg.SkipReason(breaker.message)
-    inbox = inbox_dir(comfy.output_dir)
+    inbox = inbox_dir(comfy.output_path)
     inbox.mkdir(parents=True, exist_ok=True)
     requests, problems = [], []
     for path in sorted(inbox.iterdir()):
@@ -127,4 +127,4 @@ def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResour
         "steps": steps,
         "comfyui_node": next((s["comfyui_node"] for s in steps if s["comfyui_node"]), None),
     }
-    outputs.append_line(Path(comfy.output_dir) / FAILURES_LOG, json.dumps(entry, ensure_ascii=False))
+    outputs.append_line(Path(comfy.output_path) / FAILURES_LOG, json.dumps(entry, ensure_ascii=False))

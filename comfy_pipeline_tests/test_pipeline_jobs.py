@@ -112,7 +112,7 @@ def test_corrupted_image_fails_blocking_check_and_keeps_the_file(sim, tmp_path):
         result = execute("image_to_video_job", instance, run_config(sim.url, out, [{"text": "a broken picture", **SMALL}]))
         assert not result.success
         checks = check_evaluations(result)
-        assert checks["image_decodes"] is False
+        assert checks["image_quality"] is False
         assert not materializations(result, "ltx2_video")  # the broken image never went on to the video step
         kept = list((out / "runs").rglob("*.png"))
         assert len(kept) == 1  # kept for inspection, marked failed by the check
@@ -161,3 +161,18 @@ def test_bad_prompt_in_run_config_is_a_clear_failure(sim, tmp_path):
         assert not result.success
         assert "prompt is empty" in failure_text(result)
     assert sim.busy_intervals() == []  # nothing reached the GPU
+
+
+def test_one_failed_prompt_keeps_and_checks_the_others(sim, tmp_path):
+    sim.set_fault("execution-error", count=1)
+    prompts = [{"text": "the unlucky one", **SMALL}, {"text": "the lucky one", **SMALL, "seed": 9}]
+    with dg.instance_for_test() as instance:
+        result = execute("image_to_video_job", instance, run_config(sim.url, tmp_path / "out", prompts))
+        assert not result.success
+        assert "1 of 2 prompt(s) failed" in failure_text(result) and "prompt 0:" in failure_text(result)
+        (materialization,) = materializations(result, "generated_image")
+        (item,) = materialization.metadata["items"].value
+        assert item["prompt"] == "the lucky one" and all(c["passed"] for c in item["checks"])
+        assert Path(item["path"]).is_file()
+        assert check_evaluations(result)["image_quality"] is False  # a prompt without output is not a pass
+        assert not materializations(result, "ltx2_video")

@@ -84,7 +84,7 @@ def test_corrupted_video_fails_its_check_and_is_kept_for_inspection(instance, si
     result = execute("video_generation_job", instance, run_config)
     assert not result.success
     checks = check_evaluations(result)
-    assert checks["video_decodes"] is False and checks["all_outputs_valid"] is False
+    assert checks["video_quality"] is False and checks["all_outputs_valid"] is False
     (kept,) = [p for p in files_in(tmp_path / "out") if p.suffix == ".mp4"]
     report = json.loads(next(p for p in files_in(tmp_path / "out") if p.name == "validation_report.json").read_text())
     failed = {(row["check"], row["path"]) for row in report["rows"] if not row["passed"]}

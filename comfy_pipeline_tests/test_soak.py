@@ -47,12 +47,15 @@ def _outcomes(result, job: str, size: int) -> list[str]:
                 outcome = failed[(key, i)]
                 break
             done = materializations(result, asset)
-            if not done:  # this stage failed for another prompt, or never started
-                outcome = "kept, not validated (another prompt failed)" if key == "prompt" or _ran(result, asset) \
-                    else "image kept, no video (another prompt failed)"
+            if not done:  # the image step failed for another prompt, so no video step ran
+                outcome = "image validated, no video (another prompt failed)" if not _ran(result, asset) \
+                    else "UNCLEAR: stage ran but recorded nothing"
                 break
-            checks = done[0].metadata["items"].value[i]["checks"]
-            if not all(c["passed"] for c in checks):
+            items = {item["job"]: item for item in done[0].metadata["items"].value}
+            if f"{key} {i}" not in items:
+                outcome = f"UNCLEAR: {key} {i} neither failed nor recorded"
+                break
+            if not all(c["passed"] for c in items[f"{key} {i}"]["checks"]):
                 outcome = "failed check, file kept"
                 break
         outcomes.append(outcome)
