@@ -293,6 +293,7 @@ def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[J
             results = run_batch(
                 comfy.get_client(), jobs, max_in_flight=comfy.max_in_flight,
                 prompt_timeout=comfy.prompt_timeout, on_progress=ProgressLogger(context.log), stop=stop,
+                logger=context.log,
             )
     except BatchInterrupted:
         # The interrupt exception itself was lost (see comfy_pipeline.interrupts); the prompts are cancelled.

@@ -90,6 +90,7 @@ def run_batch(
     prompt_timeout: float = 900.0,
     on_progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    logger: logging.Logger | None = None,
 ) -> list[JobResult]:
     """Run `jobs` with up to `max_in_flight` prompts queued on the server; results in job order.
 
@@ -104,6 +105,7 @@ def run_batch(
     pending = deque(results)
     in_flight: deque[_InFlight] = deque()
     stop = stop or threading.Event()
+    logger = logger or log  # the Dagster layer passes context.log, so warnings reach the run's event log
     watcher = _CancelOnStop(client, stop, in_flight)
     try:
         while pending or in_flight:
@@ -118,7 +120,7 @@ def run_batch(
                     _fail_all(pending, result.error)
             if in_flight:
                 current = in_flight[0]  # stays listed until finished, so an interrupt cancels it too
-                _finish(client, current, prompt_timeout, on_progress, stop)
+                _finish(client, current, prompt_timeout, on_progress, stop, logger)
                 in_flight.popleft()
                 if stop.is_set():
                     raise BatchInterrupted()
@@ -186,7 +188,7 @@ def _submit(client: ComfyUIClient, result: JobResult, prompt_id: str | None = No
 
 
 def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress: ProgressCallback | None,
-            stop: threading.Event) -> None:
+            stop: threading.Event, logger: logging.Logger) -> None:
     result = item.result
     job = result.job
     callback = (lambda event: on_progress(job, event)) if on_progress else None
@@ -196,7 +198,7 @@ def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress:
         except PromptLost:
             if stop.is_set():  # we deleted it from the queue ourselves
                 raise
-            item = _resubmit(client, item)
+            item = _resubmit(client, item, logger)
             if item is None:
                 return
             outcome = client.wait(result.prompt_id, timeout, on_progress=callback)
@@ -222,11 +224,11 @@ def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress:
         result.error = exc
 
 
-def _resubmit(client: ComfyUIClient, item: _InFlight) -> _InFlight | None:
+def _resubmit(client: ComfyUIClient, item: _InFlight, logger: logging.Logger) -> _InFlight | None:
     """Submit a forgotten prompt once more under its own id (the client posts nothing if the server knows it)."""
     result = item.result
-    log.warning("ComfyUI forgot prompt %s of %s (server restart?); submitting it once more under the same id",
-                result.prompt_id, result.job.key)
+    logger.warning(f"ComfyUI forgot prompt {result.prompt_id} of {result.job.key} (server restart?); "
+                   "submitting it once more under the same id")
     return _submit(client, result, prompt_id=result.prompt_id)
 
 

@@ -127,6 +127,8 @@ CHECK_CASES = [
     ("seed not a number", ["--seed", "abc"], {}, ["argument --seed: invalid int value: 'abc'"]),
     ("seed string in file", ["--prompts-file", "p.json"], {"p.json": spec_file({"text": "x", "seed": "7"})},
      ["'seed' must be a whole number, got '7'"]),
+    ("timeout -3", ["--timeout", "-3"], {}, ["--timeout must be a positive number of seconds, got -3"]),
+    ("timeout not a number", ["--timeout", "soon"], {}, ["argument --timeout: invalid float value: 'soon'"]),
     ("no --image", ["--test-type", "video-only"], {}, ["--test-type video-only needs --image PATH"]),
     ("missing --image", ["--test-type", "video-only", "--image", "nowhere.png"], {}, ["nowhere.png: file not found"]),
     ("--image not an image", ["--test-type", "video-only", "--image", "notes.png"], NOTES,
