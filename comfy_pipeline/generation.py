@@ -17,12 +17,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from comfy_pipeline.comfyui.client import ComfyUIClient, ProgressEvent
 from comfy_pipeline.comfyui.errors import ComfyUIError, NodeError, PromptLost, ServerUnreachable, WorkflowValidationError
 from comfy_pipeline.preflight import preflight
 from comfy_pipeline.workflows import Workflow
+
+if TYPE_CHECKING:  # the client (requests, websocket-client) is loaded by whoever makes one, not on import
+    from comfy_pipeline.comfyui.client import ComfyUIClient, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,10 @@ class _InFlight:
     submitted_at: float
 
 
-ProgressCallback = Callable[[Job, ProgressEvent], None]
+ProgressCallback = Callable[[Job, "ProgressEvent"], None]
 
 
-def preflight_jobs(client: ComfyUIClient, jobs: list[Job]) -> None:
+def preflight_jobs(client: "ComfyUIClient", jobs: list[Job]) -> None:
     """Check every graph against the server's /object_info before any GPU time is spent."""
     object_info = client.object_info()
     for job in jobs:
@@ -83,7 +85,7 @@ def preflight_jobs(client: ComfyUIClient, jobs: list[Job]) -> None:
 
 
 def run_batch(
-    client: ComfyUIClient,
+    client: "ComfyUIClient",
     jobs: list[Job],
     *,
     max_in_flight: int = 4,
@@ -151,7 +153,7 @@ class _CancelOnStop:
     """A thread that cancels every in-flight prompt as soon as `stop` is set, so that a wait() blocked in the
     main thread returns (interrupted) instead of lasting until the prompt timeout."""
 
-    def __init__(self, client: ComfyUIClient, stop: threading.Event, in_flight: deque):
+    def __init__(self, client: "ComfyUIClient", stop: threading.Event, in_flight: deque):
         self._client, self._stop, self._in_flight = client, stop, in_flight
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="comfy-cancel-on-stop", daemon=True)
@@ -168,7 +170,7 @@ class _CancelOnStop:
         self._closed.set()
 
 
-def _submit(client: ComfyUIClient, result: JobResult, prompt_id: str | None = None) -> _InFlight | None:
+def _submit(client: "ComfyUIClient", result: JobResult, prompt_id: str | None = None) -> _InFlight | None:
     """Upload, inject and queue the job (under `prompt_id` when given); None with result.error on failure."""
     job = result.job
     try:
@@ -187,7 +189,7 @@ def _submit(client: ComfyUIClient, result: JobResult, prompt_id: str | None = No
         return None
 
 
-def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress: ProgressCallback | None,
+def _finish(client: "ComfyUIClient", item: _InFlight, timeout: float, on_progress: ProgressCallback | None,
             stop: threading.Event, logger: logging.Logger) -> None:
     result = item.result
     job = result.job
@@ -224,7 +226,7 @@ def _finish(client: ComfyUIClient, item: _InFlight, timeout: float, on_progress:
         result.error = exc
 
 
-def _resubmit(client: ComfyUIClient, item: _InFlight, logger: logging.Logger) -> _InFlight | None:
+def _resubmit(client: "ComfyUIClient", item: _InFlight, logger: logging.Logger) -> _InFlight | None:
     """Submit a forgotten prompt once more under its own id (the client posts nothing if the server knows it)."""
     result = item.result
     logger.warning(f"ComfyUI forgot prompt {result.prompt_id} of {result.job.key} (server restart?); "
@@ -237,7 +239,7 @@ def _fail_all(pending: deque[JobResult], error: Exception) -> None:
         pending.popleft().error = error
 
 
-def _cancel_quietly(client: ComfyUIClient, prompt_id: str | None) -> None:
+def _cancel_quietly(client: "ComfyUIClient", prompt_id: str | None) -> None:
     if not prompt_id:
         return
     try:

@@ -8,7 +8,6 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url
 from comfy_pipeline.media import ImageThresholds, VideoThresholds
 
@@ -43,7 +42,7 @@ class ComfyUIResource(dg.ConfigurableResource):
     simulator_image_seconds: float = Field(default=0.2, description="Simulated GPU time per image (simulator only).")
     simulator_video_seconds: float = Field(default=1.0, description="Simulated GPU time per video (simulator only).")
 
-    _client: ComfyUIClient | None = PrivateAttr(default=None)
+    _client: Any = PrivateAttr(default=None)  # a ComfyUIClient, made on first use
     _simulator: Any = PrivateAttr(default=None)
     _connect_seconds: float = PrivateAttr(default=0.0)
 
@@ -65,8 +64,11 @@ class ComfyUIResource(dg.ConfigurableResource):
             return {k: v or None for k, v in configured.items()}
         return {k: os.environ.get(f"COMFYUI_{k.upper()}") or None for k in configured}
 
-    def get_client(self) -> ComfyUIClient:
+    def get_client(self):
+        """The ComfyUIClient of this run (starting the embedded simulator when there is no server)."""
         if self._client is None:
+            from comfy_pipeline.comfyui.client import ComfyUIClient
+
             started = time.monotonic()
             url = self.url or os.environ.get("COMFYUI_URL") or _recorded_session_url()
             if not url:

@@ -5,7 +5,6 @@ Runs execute in-process on a real Dagster instance; the simulator is a real HTTP
 """
 
 import json
-import logging
 import re
 import socket
 import threading
@@ -125,8 +124,7 @@ def test_server_dying_mid_prompt_fails_within_server_down_timeout(instance, tmp_
     assert files_in(tmp_path / "out") == []  # no partial image
 
 
-def test_restart_forgetting_the_prompt_resubmits_it_once_under_the_same_id(instance, sim, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="comfy_pipeline.generation")
+def test_restart_forgetting_the_prompt_resubmits_it_once_under_the_same_id(instance, sim, tmp_path):
     sim.set_fault("restart", count=1)  # the server restarts while the first prompt runs
     result = execute("image_generation_job", instance, config(sim.url, tmp_path / "out", prompts(1)))
     assert result.success, failure_text(result)
@@ -135,7 +133,8 @@ def test_restart_forgetting_the_prompt_resubmits_it_once_under_the_same_id(insta
     assert runs_of(sim) == {item["prompt_id"]: 2}  # abandoned by the restart, then run once more
     history = requests.get(f"{sim.url}/history", timeout=5).json()
     assert list(history) == [item["prompt_id"]]  # finished exactly once
-    assert "submitting it once more under the same id" in caplog.text
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]  # the run's Dagster log
+    assert any("submitting it once more under the same id" in m for m in messages)
 
 
 def test_restart_with_a_full_queue_resubmits_every_forgotten_prompt_once(instance, tmp_path):

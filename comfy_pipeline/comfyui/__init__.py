@@ -1,22 +1,25 @@
 """ComfyUI protocol client. No Dagster here: this is usable on its own."""
 
-from .client import ComfyUIClient, PromptResult
-from .errors import (
-    AuthenticationError,
-    ComfyUIError,
-    DownloadError,
-    ExecutionError,
-    NodeError,
-    PromptInterrupted,
-    PromptLost,
-    PromptTimeout,
-    ServerError,
-    ServerUnreachable,
-    WorkflowValidationError,
-)
-from .events import ProgressEvent
-from .files import OutputFile, outputs, safe_filename
-from .rejections import node_errors_to_list, rejection_from_response
+import importlib
+
+# Loaded on first use: `from comfy_pipeline.comfyui.errors import ...` (the Dagster definitions do this) should
+# not pay for requests and websocket-client when nothing talks to a server yet.
+_HOMES = {
+    "ComfyUIClient": "client", "PromptResult": "client", "ProgressEvent": "events",
+    "OutputFile": "files", "outputs": "files", "safe_filename": "files",
+    "node_errors_to_list": "rejections", "rejection_from_response": "rejections",
+    **{name: "errors" for name in (
+        "AuthenticationError", "ComfyUIError", "DownloadError", "ExecutionError", "NodeError", "PromptInterrupted",
+        "PromptLost", "PromptTimeout", "ServerError", "ServerUnreachable", "WorkflowValidationError",
+    )},
+}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AuthenticationError",
