@@ -5,7 +5,6 @@ hashes, sizes and previews as metadata, and downstream assets find this run's fi
 materialization events (lineage stays in Dagster, bytes stay on disk).
 """
 
-import contextlib
 import importlib
 import sys
 import threading
@@ -22,15 +21,14 @@ from comfy_pipeline import outputs
 from comfy_pipeline.comfyui.errors import ComfyUIError
 from comfy_pipeline.config import PromptConfig, VideoConfig
 from comfy_pipeline.generation import BatchInterrupted, Job, JobResult, run_batch
+from comfy_pipeline.inspection import describe, inspect_image, inspect_video
 from comfy_pipeline.interrupts import interrupt_flag
-from comfy_pipeline.media import (
-    MediaError, check_image, check_video, image_preview_markdown, probe_image, probe_video, sha256_file,
-    video_preview_markdown,
-)
+from comfy_pipeline.media import MediaError, probe_image
 from comfy_pipeline.progress import ProgressLogger
 from comfy_pipeline.prompts import (
     IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, image_values, library_specs, video_values,
 )
+from comfy_pipeline.report import write_report
 from comfy_pipeline.resources import ComfyUIResource, QualityThresholds
 from comfy_pipeline.workflows import WorkflowError, load_workflow
 
@@ -110,45 +108,21 @@ def ltx2_video(
     check_specs=[dg.AssetCheckSpec("all_outputs_valid", asset="validation_report", blocking=True)],
 )
 def validation_report(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> dg.MaterializeResult:
-    import pandas as pd  # here, not at module level: loading the definitions stays fast
-
     produced = _this_run_items(context)
     if not produced:
         raise dg.Failure(description="Nothing to report: no image or video was produced in this run.")
-    rows, timings, backends = [], {}, set()
-    for asset_name, meta in produced.items():
-        backends.add(meta.get("backend", "?"))
-        for phase, seconds in (meta.get("timings_s") or {}).items():
-            timings[phase] = round(timings.get(phase, 0.0) + seconds, 4)
-        for item in meta["items"]:
-            for check in item["checks"]:
-                rows.append(
-                    {
-                        "prompt": item["prompt"], "asset": asset_name, "check": check["name"],
-                        "passed": bool(check["passed"]), "value": _cell(check["value"]),
-                        "expected": _cell(check["expected"]), "path": item["path"], "message": check["message"],
-                    }
-                )
-    frame = pd.DataFrame(rows, columns=["prompt", "asset", "check", "passed", "value", "expected", "path", "message"])
-    folder = outputs.kind_dir(_run_folder(context, comfy), "reports")
-    backend = ", ".join(sorted(backends))
-    summary = {
-        "run_id": context.run_id, "backend": backend, "passed": int(frame["passed"].sum()),
-        "failed": int((~frame["passed"]).sum()), "timings_s": timings, "rows": frame.to_dict("records"),
-    }
-    json_path = outputs.write_json(outputs.confined(folder, "validation_report.json"), summary)
-    csv_path = outputs.write_atomic(outputs.confined(folder, "validation_report.csv"), frame.to_csv(index=False).encode("utf-8"))
-    failed = frame[~frame["passed"]]
-    context.log.info(f"validation report: {summary['passed']} passed, {summary['failed']} failed -> {json_path}")
-    table = frame[["prompt", "asset", "check", "passed", "value", "expected"]].assign(prompt=frame["prompt"].map(_md))
+    report = write_report(outputs.kind_dir(_run_folder(context, comfy), "reports"), context.run_id, produced)
+    frame, failed = report.frame, report.failed
+    context.log.info(f"validation report: {len(frame) - len(failed)} passed, {len(failed)} failed -> {report.json_path}")
+    table = frame[["prompt", "asset", "check", "passed", "value", "expected"]]
     return dg.MaterializeResult(
         metadata={
-            "backend": backend,
-            "passed": summary["passed"],
-            "failed": summary["failed"],
-            "report_json": dg.MetadataValue.path(str(json_path)),
-            "report_csv": dg.MetadataValue.path(str(csv_path)),
-            "timings_s": dg.MetadataValue.json(timings),
+            "backend": report.backend,
+            "passed": len(frame) - len(failed),
+            "failed": len(failed),
+            "report_json": dg.MetadataValue.path(str(report.json_path)),
+            "report_csv": dg.MetadataValue.path(str(report.csv_path)),
+            "timings_s": dg.MetadataValue.json(report.timings),
             "report": dg.MetadataValue.md(_md_rows(list(table.columns), table.itertuples(index=False))),
             "dagster/row_count": len(frame),
         },
@@ -157,7 +131,7 @@ def validation_report(context: dg.AssetExecutionContext, comfy: ComfyUIResource)
                 check_name="all_outputs_valid",
                 passed=failed.empty,
                 metadata={"failed_checks": dg.MetadataValue.json(failed[["asset", "check", "path", "message"]].to_dict("records"))},
-                description=None if failed.empty else f"{len(failed)} check(s) failed; see {json_path}",
+                description=None if failed.empty else f"{len(failed)} check(s) failed; see {report.json_path}",
             )
         ],
     )
@@ -206,37 +180,10 @@ class _Kind:
     inspect: Callable[[Path, PromptSpec, Any, QualityThresholds], dict[str, Any]]
 
 
-def _inspect_image(path: Path, spec: PromptSpec, workflow, quality: QualityThresholds) -> dict[str, Any]:
-    checks = check_image(path, width=spec.width, height=spec.height, thresholds=quality.image())
-    fields: dict[str, Any] = {}
-    with contextlib.suppress(MediaError):
-        info = probe_image(path)
-        fields = {"width": info.width, "height": info.height, "format": info.format}
-    return {"checks": checks, "fields": fields, "preview": _preview(image_preview_markdown, path)}
-
-
-def _inspect_video(path: Path, spec: PromptSpec, workflow, quality: QualityThresholds) -> dict[str, Any]:
-    size = workflow.defaults()
-    # The checks, the probe and the contact sheet each wait on ffmpeg: run them side by side.
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        checks = pool.submit(
-            check_video, path, width=size.get("width"), height=size.get("height"), frames=spec.frames,
-            fps=spec.fps, thresholds=quality.video(),
-        )
-        probe = pool.submit(probe_video, path)
-        preview = pool.submit(_preview, video_preview_markdown, path)
-        fields: dict[str, Any] = {}
-        with contextlib.suppress(MediaError):
-            info = probe.result()
-            fields = {
-                "width": info.width, "height": info.height, "duration_s": round(info.duration, 3), "fps": info.fps,
-                "frame_count": info.frame_count, "codec": info.codec, "container": info.container,
-            }
-        return {"checks": checks.result(), "fields": fields, "preview": preview.result()}
-
-
-IMAGES = _Kind("generated_image", IMAGE_WORKFLOW, "images", "prompt", "image_quality", _inspect_image)
-VIDEOS = _Kind("ltx2_video", VIDEO_WORKFLOW, "videos", "video", "video_quality", _inspect_video)
+IMAGES = _Kind("generated_image", IMAGE_WORKFLOW, "images", "prompt", "image_quality",
+               lambda path, spec, workflow, quality: inspect_image(path, spec, workflow, quality.image()))
+VIDEOS = _Kind("ltx2_video", VIDEO_WORKFLOW, "videos", "video", "video_quality",
+               lambda path, spec, workflow, quality: inspect_video(path, spec, workflow, quality.video()))
 
 
 def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind: _Kind,
@@ -265,8 +212,8 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
     results = _run(context, comfy, jobs)
     made = [(spec, image, r) for (spec, image), r in zip(sources, results) if r.ok]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        inspections = list(pool.map(lambda m: _timed(kind.inspect, m[2].files[0], m[0], workflow, quality), made))
-    items = [_item(spec, image, result, workflow, server, found) for (spec, image, result), found in zip(made, inspections)]
+        inspections = list(pool.map(lambda m: kind.inspect(m[2].files[0], m[0], workflow, quality), made))
+    items = [describe(spec, image, result, workflow, server, found) for (spec, image, result), found in zip(made, inspections)]
     failed = [r for r in results if not r.ok]
     if items:
         yield _materialize(context, kind, items, server, failed)
@@ -277,13 +224,6 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
             + (f"\nThe other {len(items)} output(s) were checked and recorded." if items else ""),
             metadata=_failure_metadata(failed[0].error),
         )
-
-
-def _timed(inspect, path: Path, spec: PromptSpec, workflow, quality: QualityThresholds) -> dict[str, Any]:
-    started = time.monotonic()
-    found = inspect(path, spec, workflow, quality)
-    found["validation_s"] = time.monotonic() - started
-    return found
 
 
 def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[Job]) -> list[JobResult]:
@@ -320,28 +260,6 @@ def _failure_metadata(error: BaseException | None) -> dict[str, Any]:
     if node:
         meta["comfyui_node"] = f"{node} ({getattr(error, 'node_type', None) or '?'})"
     return meta
-
-
-def _item(spec: PromptSpec, image: Path | None, result: JobResult, workflow, server: dict, found: dict) -> dict[str, Any]:
-    path = result.files[0]
-    timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(found["validation_s"], 4)}
-    item = {
-        "job": result.job.key, "prompt": spec.text, "spec": {k: v for k, v in spec.to_dict().items() if k != "extra"},
-        "seed": spec.seed,
-        "requested_size": f"{spec.width}x{spec.height}", "workflow": workflow.name, "workflow_sha256": workflow.sha256,
-        "prompt_id": result.prompt_id, "backend": server["backend"], "comfyui_version": server["comfyui_version"],
-        "gpu": server["gpu"], "path": str(path), "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path), "timings_s": timings, "cached_nodes": result.cached_nodes,
-        "checks": [
-            {"name": c.name, "passed": c.passed, "value": _cell(c.value), "expected": _cell(c.expected), "message": c.message}
-            for c in found["checks"]
-        ],
-        "preview": found["preview"],
-        **found["fields"],
-    }
-    if image is not None:
-        item["input_image"] = str(image)
-    return item
 
 
 def _materialize(context, kind: _Kind, items: list[dict], server: dict, failed: list[JobResult]) -> dg.MaterializeResult:
@@ -397,13 +315,6 @@ def _materialize(context, kind: _Kind, items: list[dict], server: dict, failed: 
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
-def _preview(make: Callable[[Path], str], path: Path) -> str:
-    try:
-        return make(path)
-    except MediaError as exc:
-        return f"no preview ({exc})"
-
-
 def _video_sources(context: dg.AssetExecutionContext, config: VideoConfig) -> list[tuple[PromptSpec, Path]]:
     if config.input_images:
         text = config.motion_prompt or "Slow camera push-in"
@@ -453,10 +364,6 @@ def _this_run_items(context: dg.AssetExecutionContext) -> dict[str, dict]:
         if "items" in meta:
             found[materialization.asset_key.to_user_string()] = meta
     return found
-
-
-def _cell(value: Any) -> Any:
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def _md(text: str) -> str:

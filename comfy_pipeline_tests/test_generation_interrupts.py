@@ -8,7 +8,6 @@ import weakref
 
 import pytest
 import requests
-from PIL import Image
 
 from comfy_pipeline import outputs
 from comfy_pipeline.comfyui.client import ComfyUIClient

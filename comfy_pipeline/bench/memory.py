@@ -6,7 +6,6 @@ before the download and reports VmHWM afterwards minus VmRSS before.
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
