@@ -41,3 +41,12 @@ def shared_simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simul
     """One simulator for tests that only read or add state that does not disturb others."""
     with Simulator(data_dir=tmp_path_factory.mktemp("shared-comfyui"), image_seconds=0.05, video_seconds=0.2) as running:
         yield running
+
+
+@pytest.fixture
+def instance():
+    """A real, temporary Dagster instance (its own DAGSTER_HOME), removed afterwards."""
+    import dagster as dg
+
+    with dg.instance_for_test() as inst:
+        yield inst

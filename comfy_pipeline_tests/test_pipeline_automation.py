@@ -16,12 +16,6 @@ from comfy_pipeline.sensors import failure_log_sensor, prompt_inbox_sensor
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
 def comfy(tmp_path):
     return ComfyUIResource(url="http://127.0.0.1:9", output_dir=str(tmp_path / "out"))
 

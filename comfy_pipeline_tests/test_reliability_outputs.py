@@ -22,12 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
 def sim(tmp_path):
     with Simulator(data_dir=tmp_path / "sim", image_seconds=0.05, video_seconds=0.1) as simulator:
         yield simulator
