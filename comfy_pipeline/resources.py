@@ -49,7 +49,8 @@ class ComfyUIResource(dg.ConfigurableResource):
     @property
     def output_path(self) -> Path:
         """The output folder; like the URL it falls back to the environment when the run config leaves it out."""
-        return Path(self.output_dir or os.environ.get("COMFY_PIPELINE_OUTPUT_DIR") or "comfy_outputs")
+        # Absolute, so the paths recorded in metadata and reports lead to the files from anywhere.
+        return Path(self.output_dir or os.environ.get("COMFY_PIPELINE_OUTPUT_DIR") or "comfy_outputs").absolute()
 
     @property
     def display_url(self) -> str:
