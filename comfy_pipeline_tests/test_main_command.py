@@ -87,3 +87,19 @@ def test_terminating_a_run_cancels_its_prompt_on_the_server(tmp_path):
         history = requests.get(f"{sim.url}/history", timeout=5).json()
         (entry,) = history.values()
         assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+def test_readme_run_config_example_is_valid():
+    import re
+
+    import dagster as dg
+    import yaml
+
+    from comfy_pipeline.definitions import defs
+    from comfy_pipeline.prompts import PromptSpec, check_specs
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n# my_prompts.yaml\n(.*?)```", readme, re.S)
+    config = yaml.safe_load(block)
+    dg.validate_run_config(defs.resolve_job_def("image_to_video_job"), config)
+    check_specs([PromptSpec(**p) for p in config["ops"]["prompt"]["config"]["prompts"]])
