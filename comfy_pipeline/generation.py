@@ -13,13 +13,16 @@ stops answering fails every prompt of the batch at once instead of one server_do
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from comfy_pipeline.comfyui.errors import ComfyUIError, NodeError, PromptLost, ServerUnreachable, WorkflowValidationError
+from comfy_pipeline.comfyui.errors import (
+    ComfyUIError, NodeError, PromptLost, ServerError, ServerUnreachable, WorkflowValidationError,
+)
 from comfy_pipeline.preflight import preflight
 from comfy_pipeline.workflows import Workflow
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:  # the client (requests, websocket-client) is loaded by whoeve
     from comfy_pipeline.comfyui.client import ComfyUIClient, ProgressEvent
 
 log = logging.getLogger(__name__)
+RESUBMIT_DELAY_S = 0.5  # after a 5xx on POST /prompt: a proxy or server hiccup, give it a moment
 
 
 @dataclass
@@ -181,12 +185,25 @@ def _submit(client: "ComfyUIClient", result: JobResult, prompt_id: str | None = 
             result.timings["upload"] = time.monotonic() - started
         graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
         submitted_at = time.time()
-        result.prompt_id = client.submit(graph, prompt_id=prompt_id)
+        result.prompt_id = _submit_once(client, graph, prompt_id or str(uuid.uuid4()))
         log.info("queued %s as ComfyUI prompt %s", job.key, result.prompt_id)
         return _InFlight(result, submitted_at)
     except (ComfyUIError, ValueError, OSError) as exc:
         result.error = exc
         return None
+
+
+def _submit_once(client: "ComfyUIClient", graph: dict, prompt_id: str) -> str:
+    """Submit under our own prompt id; after a 5xx answer, try once more. Not blind: the client looks the id up
+    first and posts nothing if the server did queue it, so the prompt can never run twice."""
+    try:
+        return client.submit(graph, prompt_id=prompt_id)
+    except ServerError as exc:
+        if not (exc.status or 0) >= 500:
+            raise
+        log.warning("POST /prompt for %s failed (%s); trying once more under the same id", prompt_id, exc)
+        time.sleep(RESUBMIT_DELAY_S)
+        return client.submit(graph, prompt_id=prompt_id)
 
 
 def _finish(client: "ComfyUIClient", item: _InFlight, timeout: float, on_progress: ProgressCallback | None,

@@ -292,3 +292,58 @@ def test_execution_error_names_node_class_and_message(instance, sim, tmp_path):
     assert metadata["comfyui_node"].value == "57:3 (KSampler)"
     assert metadata["error_type"].value == "ExecutionError"
     assert files_in(tmp_path / "out") == []
+
+
+class FirstPromptPostFails:
+    """An HTTP proxy in front of the simulator that answers the first POST /prompt with ComfyUI's 500
+    (as a flaky reverse proxy would) and forwards everything else; /ws is refused, so the client polls."""
+
+    def __init__(self, target: str):
+        import http.server
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.command == "POST" and self.path.startswith("/prompt") and not proxy.failed:
+                    proxy.failed = True
+                    return self._answer(500, b"500 Internal Server Error\n\nServer got itself in trouble", "text/plain")
+                if self.path.startswith("/ws"):
+                    return self._answer(404, b"", "text/plain")
+                upstream = requests.request(self.command, target + self.path, data=body, timeout=30,
+                                            headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                self._answer(upstream.status_code, upstream.content, upstream.headers.get("Content-Type", ""))
+
+            def _answer(self, status: int, body: bytes, content_type: str):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.failed = False
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_500_on_post_prompt_is_tried_once_more_under_the_same_id_and_runs_once(instance, sim, tmp_path):
+    proxy = FirstPromptPostFails(sim.url)
+    try:
+        result = execute("image_generation_job", instance, config(proxy.url, tmp_path / "out", prompts(1)))
+    finally:
+        proxy.close()
+    assert proxy.failed  # the 500 was really served
+    assert result.success, failure_text(result)
+    (item,) = materializations(result, "generated_image")[0].metadata["items"].value
+    assert runs_of(sim) == {item["prompt_id"]: 1}  # looked up, then posted once more: run exactly once
