@@ -172,7 +172,6 @@ def _run_folder(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> Pa
 class _Kind:
     """What differs between the image and the video asset; everything else is one code path."""
 
-    asset: str
     workflow: str
     folder: str
     job: str  # "prompt 0", "video 0" in logs
@@ -180,9 +179,9 @@ class _Kind:
     inspect: Callable[[Path, PromptSpec, Any, QualityThresholds], dict[str, Any]]
 
 
-IMAGES = _Kind("generated_image", IMAGE_WORKFLOW, "images", "prompt", "image_quality",
+IMAGES = _Kind(IMAGE_WORKFLOW, "images", "prompt", "image_quality",
                lambda path, spec, workflow, quality: inspect_image(path, spec, workflow, quality.image()))
-VIDEOS = _Kind("ltx2_video", VIDEO_WORKFLOW, "videos", "video", "video_quality",
+VIDEOS = _Kind(VIDEO_WORKFLOW, "videos", "video", "video_quality",
                lambda path, spec, workflow, quality: inspect_video(path, spec, workflow, quality.video()))
 
 
