@@ -1,6 +1,7 @@
 """Shared fixtures: a real ComfyUI simulator on an ephemeral loopback port, and the captured real-server cases."""
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,3 +51,20 @@ def instance():
 
     with dg.instance_for_test() as inst:
         yield inst
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (for "server down" cases and servers started by tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    """Poll `predicate` every 50 ms until it is true or `timeout` seconds have passed; its last answer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

@@ -18,6 +18,7 @@ from comfy_pipeline.comfyui import (
     WorkflowValidationError,
 )
 from comfy_pipeline.simulator import Simulator
+from comfy_pipeline_tests.conftest import wait_until
 
 SEEDS = itertools.count(1)
 SAMPLER_SECONDS = 1.5  # GPU time of a sampler: long enough to catch a prompt while it runs
@@ -70,15 +71,6 @@ def client(sim):
 def queued_ids(client: ComfyUIClient) -> set[str]:
     q = client.queue()
     return {item[1] for item in q["queue_running"] + q["queue_pending"]}
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- rejected before running ---------------------------------------------------------------------------------

@@ -7,7 +7,12 @@ import uuid
 
 import pytest
 
-from comfy_pipeline.comfyui import ComfyUIClient, ProgressEvent, ServerError, ServerUnreachable
+from comfy_pipeline.comfyui import (
+    ComfyUIClient,
+    ProgressEvent,
+    ServerError,
+    ServerUnreachable,
+)
 from comfy_pipeline.simulator import Simulator
 
 

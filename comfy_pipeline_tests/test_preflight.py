@@ -4,7 +4,11 @@ import json
 
 import pytest
 
-from comfy_pipeline.comfyui.schema import OFFICIAL_MODELS, load_bundled_object_info, object_info_with_models
+from comfy_pipeline.comfyui.schema import (
+    OFFICIAL_MODELS,
+    load_bundled_object_info,
+    object_info_with_models,
+)
 from comfy_pipeline.preflight import KINDS, preflight
 from comfy_pipeline.workflows import load_workflow
 

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from comfy_pipeline.simulator import Simulator
+from comfy_pipeline_tests.conftest import free_port
 
 REPO_WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 Z = "z_image_turbo_generation"
@@ -38,12 +38,6 @@ def variant(folder: Path, name: str, change) -> None:
     change(graph)
     (folder / f"{name}.json").write_text(json.dumps(graph))
     shutil.copy(folder / f"{Z}.params.json", folder / f"{name}.params.json")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_both_workflows_pass_offline():

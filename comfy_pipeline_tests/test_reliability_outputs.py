@@ -15,7 +15,11 @@ from PIL import Image
 
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.test_main_command import BIN, clean_env
-from comfy_pipeline_tests.test_pipeline_jobs import check_evaluations, execute, failure_text
+from comfy_pipeline_tests.test_pipeline_jobs import (
+    check_evaluations,
+    execute,
+    failure_text,
+)
 from comfy_pipeline_tests.test_reliability_server import config, files_in, prompts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +174,10 @@ def test_a_sensor_ticking_again_starts_no_duplicate_run(tmp_path, monkeypatch):
     # The real sensor daemon's iteration on a real instance (runs are queued, not launched): the same inbox file
     # seen on three ticks starts one run; an edited file starts another.
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
-    from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+    from dagster._core.test_utils import (
+        create_test_daemon_workspace_context,
+        freeze_time,
+    )
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
     from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
     from dagster._daemon.sensor import execute_sensor_iteration

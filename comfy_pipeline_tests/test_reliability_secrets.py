@@ -14,8 +14,8 @@ from dagster._serdes import serialize_value
 from comfy_pipeline.resources import ComfyUIResource
 from comfy_pipeline.sensors import failure_log_sensor
 from comfy_pipeline.simulator import Simulator
+from comfy_pipeline_tests.conftest import free_port
 from comfy_pipeline_tests.test_main_command import BIN, clean_env
-from comfy_pipeline_tests.test_reliability_server import free_port
 
 TOKEN = f"canary-token-{secrets.token_hex(8)}"
 USER = "canary-user"

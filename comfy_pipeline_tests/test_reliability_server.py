@@ -6,7 +6,6 @@ Runs execute in-process on a real Dagster instance; the simulator is a real HTTP
 
 import json
 import re
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,8 +18,13 @@ from PIL import Image
 from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows import load_workflow
+from comfy_pipeline_tests.conftest import free_port, wait_until
 from comfy_pipeline_tests.test_check_cli import check
-from comfy_pipeline_tests.test_pipeline_jobs import execute, failure_text, materializations
+from comfy_pipeline_tests.test_pipeline_jobs import (
+    execute,
+    failure_text,
+    materializations,
+)
 
 SMALL = {"width": 512, "height": 384, "seed": 7}
 SMALL_VIDEO = {**SMALL, "frames": 9, "fps": 8}
@@ -39,15 +43,6 @@ def prompts(n: int, **extra) -> list[dict]:
 
 def server_queue(sim: Simulator) -> dict:
     return requests.get(f"{sim.url}/queue", timeout=5).json()
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def when_running(sim: Simulator, action) -> threading.Thread:
@@ -72,12 +67,6 @@ def runs_of(sim: Simulator) -> dict[str, int]:
     for entry in sim.started_prompts():
         counts[entry["prompt_id"]] = counts.get(entry["prompt_id"], 0) + 1
     return counts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

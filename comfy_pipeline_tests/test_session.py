@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from comfy_pipeline import session as sessions
+from comfy_pipeline_tests.conftest import free_port
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="session process control is POSIX only")
 
@@ -40,12 +41,6 @@ STUB_SERVER = textwrap.dedent("""
             self.wfile.write(data)
     http.server.ThreadingHTTPServer((host, port), Handler).serve_forever()
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pid_alive(pid: int) -> bool:

@@ -11,7 +11,13 @@ from PIL import Image
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.simulator.faults import parse_fault_spec
 from comfy_pipeline_tests.conftest import wait_for_history
-from comfy_pipeline_tests.test_simulator_protocol import Socket, post, quick_graph, sampler_graph, types
+from comfy_pipeline_tests.test_simulator_protocol import (
+    Socket,
+    post,
+    quick_graph,
+    sampler_graph,
+    types,
+)
 
 SERVER_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
 

@@ -9,7 +9,11 @@ import json
 import pytest
 import requests
 
-from comfy_pipeline.comfyui.schema import OFFICIAL_MODELS, load_bundled_object_info, object_info_with_models
+from comfy_pipeline.comfyui.schema import (
+    OFFICIAL_MODELS,
+    load_bundled_object_info,
+    object_info_with_models,
+)
 from comfy_pipeline.comfyui.validation import validate_prompt
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.conftest import CAPTURES, load_capture

@@ -13,7 +13,11 @@ import dagster as dg
 import requests
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.test_pipeline_jobs import execute, failure_text, materializations
+from comfy_pipeline_tests.test_pipeline_jobs import (
+    execute,
+    failure_text,
+    materializations,
+)
 
 SEED = 20261121
 PROMPT_FAULTS = {"execution-error": 0.08, "drop-ws": 0.1, "restart": 0.05, "corrupt-output": 0.06, "hostile-filename": 0.04}

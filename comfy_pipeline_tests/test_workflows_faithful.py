@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from comfy_pipeline.comfyui.schema import load_bundled_object_info, object_info_with_models
+from comfy_pipeline.comfyui.schema import (
+    load_bundled_object_info,
+    object_info_with_models,
+)
 from comfy_pipeline.comfyui.validation import validate_prompt
 from comfy_pipeline.workflows import load_workflow
 from comfy_pipeline_tests.ui_flatten import flatten, widget_inputs
