@@ -1,6 +1,7 @@
 """Shared fixtures: a real ComfyUI simulator on an ephemeral loopback port, and the captured real-server cases."""
 
 import json
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -68,3 +69,31 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+REPO_WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A workflows folder with copies of the two real workflows and their maps, for tests that change them."""
+    target = tmp_path / "workflows"
+    target.mkdir()
+    for path in REPO_WORKFLOWS.glob("*.json"):
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def decode_data_uri(markdown: str) -> tuple:
+    """The image of a `![preview](data:image/jpeg;base64,...)` preview, and the length of its base64."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    prefix = "![preview](data:image/jpeg;base64,"
+    assert markdown.startswith(prefix) and markdown.endswith(")")
+    encoded = markdown[len(prefix) : -1]
+    img = Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)))
+    img.load()
+    return img, len(encoded)

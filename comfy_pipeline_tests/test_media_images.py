@@ -1,8 +1,6 @@
 """Image probing, the image quality checks and the image preview, on real files made with Pillow."""
 
-import base64
 import hashlib
-import io
 import random
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from comfy_pipeline.media import (
     image_preview_markdown,
     probe_image,
 )
+from comfy_pipeline_tests.conftest import decode_data_uri
 
 CHECK_NAMES = ["format", "file_size", "decodes", "dimensions"]
 
@@ -138,15 +137,6 @@ def test_size_thresholds(tmp_path: Path, png: Path) -> None:
     capped = by_name(check_image(png, thresholds=ImageThresholds(max_bytes=20 * 1024)))["file_size"]
     assert not capped.passed and "larger than" in capped.message
     assert capped.expected == f"{10 * 1024}..{20 * 1024} bytes"
-
-
-def decode_data_uri(markdown: str) -> tuple[Image.Image, int]:
-    prefix = "![preview](data:image/jpeg;base64,"
-    assert markdown.startswith(prefix) and markdown.endswith(")")
-    encoded = markdown[len(prefix) : -1]
-    img = Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)))
-    img.load()
-    return img, len(encoded)
 
 
 def test_image_preview_is_a_small_jpeg_thumbnail(tmp_path: Path) -> None:

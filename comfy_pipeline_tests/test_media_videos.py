@@ -1,15 +1,12 @@
 """Video probing, the video quality checks and the contact-sheet preview, on real files made with ffmpeg."""
 
-import base64
 import hashlib
-import io
 import signal
 import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
-from PIL import Image
 
 from comfy_pipeline.binaries import ffmpeg_path
 from comfy_pipeline.media import (
@@ -20,6 +17,7 @@ from comfy_pipeline.media import (
     video_preview_markdown,
 )
 from comfy_pipeline.media import probe as probe_module
+from comfy_pipeline_tests.conftest import decode_data_uri
 
 CHECK_NAMES = ["format", "file_size", "decodes", "duration", "frame_count", "fps", "dimensions"]
 NOISY = "testsrc2=s=320x240:r=24,noise=alls=40:allf=t"  # noise so that 2 s of video clears 100 KB
@@ -218,26 +216,17 @@ def test_an_interrupt_leaves_no_ffmpeg_running(tmp_path: Path) -> None:
     assert ffmpeg_children() == []
 
 
-def decode_preview(markdown: str) -> tuple[Image.Image, int]:
-    prefix = "![preview](data:image/jpeg;base64,"
-    assert markdown.startswith(prefix) and markdown.endswith(")")
-    encoded = markdown[len(prefix) : -1]
-    img = Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)))
-    img.load()
-    return img, len(encoded)
-
-
 def test_video_preview_is_a_small_contact_sheet(videos: dict[str, Path]) -> None:
-    img, chars = decode_preview(video_preview_markdown(videos["mov"]))
+    img, chars = decode_data_uri(video_preview_markdown(videos["mov"]))
     # 6 frames only, so 6 of the 8 tiles: 4 per row, 240x180 each
     assert img.format == "JPEG" and img.size == (4 * 240, 2 * 180)
     assert chars < 40_000
-    img, _ = decode_preview(video_preview_markdown(videos["webm"], frames=3, columns=3, tile_width=100))
+    img, _ = decode_data_uri(video_preview_markdown(videos["webm"], frames=3, columns=3, tile_width=100))
     assert img.size == (300, 76)
 
 
 def test_video_preview_stays_small_even_for_pure_noise(videos: dict[str, Path]) -> None:
-    img, chars = decode_preview(video_preview_markdown(videos["mp4"]))
+    img, chars = decode_data_uri(video_preview_markdown(videos["mp4"]))
     assert chars <= 40_000
     assert img.width <= 960 and img.width * 360 == img.height * 960  # shrunk, never distorted
 
@@ -248,7 +237,7 @@ def test_video_preview_frames_are_evenly_spaced_first_to_last(tmp_path: Path) ->
         tmp_path / "ramp.mp4", "color=c=black:s=64x48:r=24,format=gray,geq=lum='16*N'", 16,
         "-c:v", "libx264", "-qp", "0",
     )
-    img, _ = decode_preview(video_preview_markdown(ramp, frames=4, columns=2, tile_width=64))
+    img, _ = decode_data_uri(video_preview_markdown(ramp, frames=4, columns=2, tile_width=64))
     assert img.size == (128, 96)
     tiles = [img.crop((x, y, x + 64, y + 48)).convert("L") for y in (0, 48) for x in (0, 64)]
     means = [sum(t.getdata()) / (64 * 48) for t in tiles]

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.conftest import free_port
 
@@ -21,15 +19,6 @@ def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPr
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "comfy_pipeline.cli", "validate-workflow", *args],
                           capture_output=True, text=True, env=env, timeout=60)
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    target = tmp_path / "workflows"
-    target.mkdir()
-    for path in REPO_WORKFLOWS.glob("*.json"):
-        shutil.copy(path, target / path.name)
-    return target
 
 
 def variant(folder: Path, name: str, change) -> None:

@@ -22,16 +22,6 @@ Z = "z_image_turbo_generation"
 LTX = "ltx2_image_to_video"
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    """A workflows folder with copies of the two real workflows and their maps."""
-    target = tmp_path / "workflows"
-    target.mkdir()
-    for path in REPO_WORKFLOWS.glob("*.json"):
-        shutil.copy(path, target / path.name)
-    return target
-
-
 def edit_map(folder: Path, name: str, change) -> None:
     path = folder / f"{name}.params.json"
     data = json.loads(path.read_text())
