@@ -21,10 +21,10 @@ import requests
 from PIL import Image
 
 from comfy_pipeline.definitions import defs
-from comfy_pipeline.resources import ComfyUIResource
-from comfy_pipeline.sensors import prompt_inbox_sensor
+from comfy_pipeline.defs.resources import ComfyUIResource
+from comfy_pipeline.defs.sensors import prompt_inbox_sensor
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline.workflows import ENV_DIR
+from comfy_pipeline.workflows.workflow import ENV_DIR
 
 REPO_WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 Z = "z_image_turbo_generation"

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from comfy_pipeline.checkpoints import CheckpointError, CheckpointStore
+from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 
 TESTS = ["image: a red fox", "image: a lighthouse", "video: a red fox"]
 
@@ -52,7 +52,7 @@ def test_resume_after_a_killed_run(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from comfy_pipeline.checkpoints import CheckpointStore
+        from comfy_pipeline.cli.checkpoints import CheckpointStore
         store = CheckpointStore(Path({str(path)!r}))
         store.begin({TESTS!r}, resume=False)
         store.record({TESTS[0]!r}, success=True, duration=0.5, details={{"outputs": ["fox.png"]}})

@@ -9,12 +9,12 @@ import weakref
 import pytest
 import requests
 
-from comfy_pipeline import outputs
+from comfy_pipeline.batch import outputs
 from comfy_pipeline.comfyui.client import ComfyUIClient
-from comfy_pipeline.generation import BatchInterrupted, Job, run_batch
-from comfy_pipeline.interrupts import interrupt_flag
+from comfy_pipeline.batch.runner import BatchInterrupted, Job, run_batch
+from comfy_pipeline.batch.interrupts import interrupt_flag
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline.workflows import load_workflow
+from comfy_pipeline.workflows.workflow import load_workflow
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowing is the point

@@ -11,6 +11,7 @@ import requests
 
 from comfy_pipeline.media import probe_image, probe_video
 from comfy_pipeline.simulator import Simulator
+from comfy_pipeline_tests.conftest import free_port, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -40,6 +41,8 @@ def test_readme_main_command_runs_the_whole_pipeline_on_a_fresh_machine(tmp_path
     assert "backend: simulator" in log
     assert str(png.name) in log  # the log says where the outputs are
     assert not list(tmp_path.glob(".tmp_dagster_home_*"))
+    if "Use 'dg " in log:  # Dagster's SupersessionWarning advises `dg`: README's setup must have installed it
+        assert (BIN / "dg").exists()
 
 
 def test_definitions_load_from_workspace_and_module(tmp_path):
@@ -96,10 +99,70 @@ def test_readme_run_config_example_is_valid():
     import yaml
 
     from comfy_pipeline.definitions import defs
-    from comfy_pipeline.prompts import PromptSpec, check_specs
+    from comfy_pipeline.workflows.prompts import PromptSpec, check_specs
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     (block,) = re.findall(r"```yaml\n# my_prompts.yaml\n(.*?)```", readme, re.S)
     config = yaml.safe_load(block)
     dg.validate_run_config(defs.resolve_job_def("image_to_video_job"), config)
     check_specs([PromptSpec(**p) for p in config["ops"]["prompt"]["config"]["prompts"]])
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_dg(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "dg"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_dg_checks_and_lists_the_definitions():
+    # README: dg check defs / dg list defs, from the project folder after the one setup command
+    checked = run_dg("check", "defs", cwd=REPO, env=clean_env(), timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+    listed = run_dg("list", "defs", "--json", cwd=REPO, env=clean_env(), timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    import json
+
+    found = json.loads(listed.stdout)
+    assert {a["asset_key"] for a in found["assets"]} == {"prompt", "generated_image", "ltx2_video", "validation_report"}
+    assert {"image_to_video_job", "image_generation_job", "video_generation_job"} <= {j["name"] for j in found["jobs"]}
+
+
+def test_dg_launch_runs_the_main_job(tmp_path):
+    # README: dg launch --job image_to_video_job   (the current form of the main command)
+    proc = run_dg("launch", "--job", "image_to_video_job", "--target-path", str(REPO), cwd=tmp_path, env=clean_env())
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    (mp4,) = (tmp_path / "comfy_outputs").rglob("*.mp4")
+    assert probe_video(mp4).frame_count == 121
+    assert "SupersessionWarning" not in log
+
+
+def test_dg_dev_serves_the_code_location(tmp_path):
+    # README: dg dev   (webserver + daemon; the schedule and sensors run)
+    port = free_port()
+    env = clean_env(DAGSTER_HOME=str(tmp_path / "home"), COMFY_PIPELINE_OUTPUT_DIR=str(tmp_path / "out"))
+    (tmp_path / "home").mkdir()
+    proc = subprocess.Popen(
+        [str(BIN / "dg"), "dev", "--target-path", str(REPO), "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    query = '{ repositoriesOrError { ... on RepositoryConnection { nodes { name jobs { name } } } } }'
+    try:
+        def jobs() -> set[str]:
+            try:
+                answer = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=5).json()
+            except requests.RequestException:
+                return set()
+            nodes = answer["data"]["repositoriesOrError"].get("nodes") or []
+            return {job["name"] for node in nodes for job in node["jobs"]}
+
+        assert wait_until(lambda: "image_to_video_job" in jobs(), timeout=120), "dg dev never served the jobs"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

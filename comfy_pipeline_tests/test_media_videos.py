@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from comfy_pipeline.binaries import ffmpeg_path
+from comfy_pipeline.media.binaries import ffmpeg_path
 from comfy_pipeline.media import (
     MediaError,
     VideoThresholds,

@@ -9,8 +9,8 @@ from comfy_pipeline.comfyui.schema import (
     load_bundled_object_info,
     object_info_with_models,
 )
-from comfy_pipeline.preflight import KINDS, preflight
-from comfy_pipeline.workflows import load_workflow
+from comfy_pipeline.workflows.preflight import KINDS, preflight
+from comfy_pipeline.workflows.workflow import load_workflow
 
 Z = "z_image_turbo_generation"
 LTX = "ltx2_image_to_video"

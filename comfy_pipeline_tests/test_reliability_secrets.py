@@ -11,8 +11,8 @@ import sys
 import dagster as dg
 from dagster._serdes import serialize_value
 
-from comfy_pipeline.resources import ComfyUIResource
-from comfy_pipeline.sensors import failure_log_sensor
+from comfy_pipeline.defs.resources import ComfyUIResource
+from comfy_pipeline.defs.sensors import failure_log_sensor
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.conftest import free_port
 from comfy_pipeline_tests.test_main_command import BIN, clean_env

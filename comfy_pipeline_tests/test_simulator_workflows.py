@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image, ImageChops, ImageSequence, ImageStat
 
-from comfy_pipeline.binaries import ffmpeg_path, ffprobe_path
+from comfy_pipeline.media.binaries import ffmpeg_path, ffprobe_path
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.conftest import load_capture, wait_for_history
 

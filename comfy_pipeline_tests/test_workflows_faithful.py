@@ -15,7 +15,7 @@ from comfy_pipeline.comfyui.schema import (
     object_info_with_models,
 )
 from comfy_pipeline.comfyui.validation import validate_prompt
-from comfy_pipeline.workflows import load_workflow
+from comfy_pipeline.workflows.workflow import load_workflow
 from comfy_pipeline_tests.ui_flatten import flatten, widget_inputs
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "templates"

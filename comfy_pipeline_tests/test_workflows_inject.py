@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comfy_pipeline.workflows import WorkflowError, check_filename_prefix, load_workflow
+from comfy_pipeline.workflows.workflow import WorkflowError, check_filename_prefix, load_workflow
 
 Z = load_workflow("z_image_turbo_generation")
 LTX = load_workflow("ltx2_image_to_video")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_pipeline.workflows import (
+from comfy_pipeline.workflows.workflow import (
     ENV_DIR,
     MAX_FILE_BYTES,
     WorkflowError,

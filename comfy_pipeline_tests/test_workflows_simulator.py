@@ -9,8 +9,8 @@ import time
 import requests
 from PIL import Image
 
-from comfy_pipeline.binaries import ffprobe_path
-from comfy_pipeline.workflows import load_workflow
+from comfy_pipeline.media.binaries import ffprobe_path
+from comfy_pipeline.workflows.workflow import load_workflow
 
 
 def submit_and_wait(url: str, graph: dict, timeout: float = 30.0) -> dict:

@@ -1,0 +1,1 @@
+"""Package data: the shipped prompt library (prompt_library.json)."""

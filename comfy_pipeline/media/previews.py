@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from comfy_pipeline.binaries import ffmpeg_path
+from comfy_pipeline.media.binaries import ffmpeg_path
 from comfy_pipeline.media.probe import (
     DECODE_TIMEOUT_S,
     MediaError,

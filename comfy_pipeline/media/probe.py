@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from comfy_pipeline.binaries import ffmpeg_path, ffprobe_path
+from comfy_pipeline.media.binaries import ffmpeg_path, ffprobe_path
 
 PROBE_TIMEOUT_S = 30.0
 # Decoding the last frame means decoding its whole group of pictures, which may be the whole clip.

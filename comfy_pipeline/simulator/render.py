@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from comfy_pipeline.binaries import ffmpeg_path
+from comfy_pipeline.media.binaries import ffmpeg_path
 from comfy_pipeline.simulator.values import Images
 
 LABEL = "ComfyUI simulator"

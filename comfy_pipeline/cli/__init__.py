@@ -10,10 +10,10 @@ import sys
 # subcommand name -> module with `register(subparsers)`; the module sets `func` on its parser.
 SUBCOMMANDS = {
     "simulator": "comfy_pipeline.simulator.cli",
-    "validate-workflow": "comfy_pipeline.preflight_cli",
-    "server": "comfy_pipeline.server_cli",
-    "check": "comfy_pipeline.check_cli",
-    "bench": "comfy_pipeline.bench.cli",
+    "validate-workflow": "comfy_pipeline.cli.validate_workflow",
+    "server": "comfy_pipeline.cli.server",
+    "check": "comfy_pipeline.cli.check",
+    "bench": "comfy_pipeline.cli.bench.cli",
 }
 
 

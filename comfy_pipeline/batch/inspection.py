@@ -10,13 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from comfy_pipeline.generation import JobResult
+from comfy_pipeline.batch.runner import JobResult
 from comfy_pipeline.media import (
     ImageThresholds, MediaError, VideoThresholds, check_image, check_video, image_preview_markdown, probe_image,
     probe_video, sha256_file, video_preview_markdown,
 )
-from comfy_pipeline.prompts import PromptSpec
-from comfy_pipeline.workflows import Workflow
+from comfy_pipeline.workflows.prompts import PromptSpec
+from comfy_pipeline.workflows.workflow import Workflow
 
 
 def inspect_image(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: ImageThresholds) -> dict[str, Any]:

@@ -232,10 +232,11 @@ def workflows_dir() -> Path:
     configured = os.environ.get(ENV_DIR)
     if configured:
         return Path(configured)
-    repo = Path(__file__).resolve().parent.parent / "workflows"
+    package = Path(__file__).resolve().parents[1]  # comfy_pipeline/
+    repo = package.parent / "workflows"
     if repo.is_dir():
         return repo
-    return Path(__file__).resolve().parent / "_bundled_workflows"
+    return package / "_bundled_workflows"
 
 
 def list_workflows(directory: Path | None = None) -> list[str]:

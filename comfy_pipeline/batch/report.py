@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from comfy_pipeline import outputs
-from comfy_pipeline.inspection import cell
+from comfy_pipeline.batch import outputs
+from comfy_pipeline.batch.inspection import cell
 
 COLUMNS = ["prompt", "asset", "check", "passed", "value", "expected", "path", "message"]
 

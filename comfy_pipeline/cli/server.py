@@ -9,8 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from comfy_pipeline import session as sessions
-from comfy_pipeline.session import Session, SessionConflict, SessionError, SessionStartError
+from comfy_pipeline.cli import session as sessions
+from comfy_pipeline.cli.session import Session, SessionConflict, SessionError, SessionStartError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,9 +4,9 @@ import os
 
 import dagster as dg
 
-from comfy_pipeline.circuit_breaker import breaker_state
-from comfy_pipeline.jobs import image_to_video_job
-from comfy_pipeline.resources import ComfyUIResource
+from comfy_pipeline.defs.circuit_breaker import breaker_state
+from comfy_pipeline.defs.jobs import image_to_video_job
+from comfy_pipeline.defs.resources import ComfyUIResource
 
 DAILY_CRON = os.environ.get("COMFY_PIPELINE_DAILY_CRON", "0 2 * * *")
 TIMEZONE = os.environ.get("COMFY_PIPELINE_TIMEZONE", "UTC")

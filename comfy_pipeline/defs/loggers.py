@@ -27,7 +27,7 @@ class _UserMessagesOnly(logging.Filter):
     description="Concise progress on stderr: which prompt, which node, sampling step x/y, where the files went.",
 )
 def progress_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
-    logger = logging.Logger("comfy_pipeline.progress", level=init_context.logger_config["log_level"].upper())
+    logger = logging.Logger("comfy_pipeline.batch.progress", level=init_context.logger_config["log_level"].upper())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_ProgressFormatter())
     handler.addFilter(_UserMessagesOnly())

@@ -1,6 +1,6 @@
 """Peak memory growth while downloading one large output: our streamed download vs `response.content`.
 
-Each client downloads in its own fresh subprocess (`python -m comfy_pipeline.bench.memory ...`), so neither
+Each client downloads in its own fresh subprocess (`python -m comfy_pipeline.cli.bench.memory ...`), so neither
 inherits the other's heap. The subprocess resets its peak-RSS counter (/proc/self/clear_refs, Linux) right
 before the download and reports VmHWM afterwards minus VmRSS before.
 """
@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from comfy_pipeline.bench.baseline import CLIENT_DESCRIPTION
-from comfy_pipeline.bench.report import AT_MOST, Figure
+from comfy_pipeline.cli.bench.baseline import CLIENT_DESCRIPTION
+from comfy_pipeline.cli.bench.report import AT_MOST, Figure
 
 MB = 1024**2
 NAME = "bench_large_output.bin"
@@ -39,7 +39,7 @@ def download_memory(size_bytes: int, workdir: Path) -> Figure:
 def _probe(client: str, url: str, dest: Path) -> dict:
     dest.mkdir(parents=True)
     done = subprocess.run(
-        [sys.executable, "-m", "comfy_pipeline.bench.memory", client, url, str(dest)],
+        [sys.executable, "-m", "comfy_pipeline.cli.bench.memory", client, url, str(dest)],
         capture_output=True, text=True, timeout=600, check=False,
     )
     if done.returncode != 0:
@@ -67,7 +67,7 @@ def _download(client: str, url: str, dest: Path) -> tuple[int, int, float]:
         before, start = _reset_peak(), time.monotonic()
         path = ours.download(OutputFile("bench", NAME, "", "output", "other"), dest)
         return path.stat().st_size, before, time.monotonic() - start
-    from comfy_pipeline.bench.baseline import BaselineClient
+    from comfy_pipeline.cli.bench.baseline import BaselineClient
 
     base = BaselineClient(url)
     base.session.get(f"{base.base}/system_stats").raise_for_status()

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from comfy_pipeline.workflows import WorkflowError, load_workflow
+from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
 IMAGE_WORKFLOW = "z_image_turbo_generation"
 VIDEO_WORKFLOW = "ltx2_image_to_video"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from comfy_pipeline.bench.report import Figure
+from comfy_pipeline.cli.bench.report import Figure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,10 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: every other `comfy-pipeline` command stays fast.
-    from comfy_pipeline.bench import measurements
-    from comfy_pipeline.bench.definitions_load import definitions_validate
-    from comfy_pipeline.bench.memory import download_memory
-    from comfy_pipeline.bench.report import as_json, machine, table
+    from comfy_pipeline.cli.bench import measurements
+    from comfy_pipeline.cli.bench.definitions_load import definitions_validate
+    from comfy_pipeline.cli.bench.memory import download_memory
+    from comfy_pipeline.cli.bench.report import as_json, machine, table
 
     plan = measurements.QUICK if args.quick else measurements.FULL
     host = machine()

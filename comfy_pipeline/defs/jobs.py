@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from comfy_pipeline.assets import generated_image, ltx2_video, prompt, validation_report
+from comfy_pipeline.defs.assets import generated_image, ltx2_video, prompt, validation_report
 from comfy_pipeline.comfyui.errors import ComfyUIError
-from comfy_pipeline.resources import ComfyUIResource
+from comfy_pipeline.defs.resources import ComfyUIResource
 
 image_to_video_job = dg.define_asset_job(
     "image_to_video_job",

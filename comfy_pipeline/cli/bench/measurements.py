@@ -13,19 +13,19 @@ from pathlib import Path
 
 import requests
 
-from comfy_pipeline.bench.baseline import (
+from comfy_pipeline.cli.bench.baseline import (
     CLIENT_DESCRIPTION as SEED_CLIENT,
     VALIDATOR_DESCRIPTION as SEED_VALIDATOR,
     BaselineClient,
     validate_image,
     validate_video,
 )
-from comfy_pipeline.bench.report import AT_LEAST, AT_MOST, Figure
+from comfy_pipeline.cli.bench.report import AT_LEAST, AT_MOST, Figure
 from comfy_pipeline.comfyui.client import ComfyUIClient, PromptResult
-from comfy_pipeline.generation import Job, run_batch
+from comfy_pipeline.batch.runner import Job, run_batch
 from comfy_pipeline.media import check_video, probe_video
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline.workflows import load_workflow
+from comfy_pipeline.workflows.workflow import load_workflow
 
 IMAGE_SECONDS = 1.0  # simulated GPU time of one Z-Image-Turbo prompt (about an H100's)
 VIDEO_SECONDS = 2.0  # simulated GPU time of one LTX-2 prompt in the job run (its overhead is what counts)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from comfy_pipeline.comfyui.errors import (
     ComfyUIError, NodeError, PromptLost, ServerError, ServerUnreachable, WorkflowValidationError,
 )
-from comfy_pipeline.preflight import preflight
-from comfy_pipeline.workflows import Workflow
+from comfy_pipeline.workflows.preflight import preflight
+from comfy_pipeline.workflows.workflow import Workflow
 
 if TYPE_CHECKING:  # the client (requests, websocket-client) is loaded by whoever makes one, not on import
     from comfy_pipeline.comfyui.client import ComfyUIClient, ProgressEvent
@@ -102,7 +102,7 @@ def run_batch(
 
     Setting `stop` (from any thread, e.g. a signal handler) cancels the prompts on the server at once and makes
     run_batch raise BatchInterrupted: a termination is honoured even when the exception Dagster raised for it
-    was swallowed (see comfy_pipeline.interrupts).
+    was swallowed (see comfy_pipeline.batch.interrupts).
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from comfy_pipeline import outputs
-from comfy_pipeline.circuit_breaker import breaker_state
+from comfy_pipeline.batch import outputs
+from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.comfyui.redaction import scrub
-from comfy_pipeline.jobs import PIPELINE_JOBS, image_to_video_job, video_generation_job
+from comfy_pipeline.defs.jobs import PIPELINE_JOBS, image_to_video_job, video_generation_job
 from comfy_pipeline.media import MediaError, probe_image
-from comfy_pipeline.prompts import PromptError, check_specs, read_prompt_file
-from comfy_pipeline.resources import ComfyUIResource
-from comfy_pipeline.workflows import WorkflowError
+from comfy_pipeline.workflows.prompts import PromptError, check_specs, read_prompt_file
+from comfy_pipeline.defs.resources import ComfyUIResource
+from comfy_pipeline.workflows.workflow import WorkflowError
 
 PROMPT_SUFFIXES = (".txt", ".json")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 from PIL import Image
 
-from comfy_pipeline.binaries import ffprobe_path
+from comfy_pipeline.media.binaries import ffprobe_path
 
 POLL_SECONDS = 5.0
 CLIENT_DESCRIPTION = "seed-style client: serial submit, poll /history every 5 s, download into memory"

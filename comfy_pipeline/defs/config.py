@@ -7,7 +7,7 @@ Dagster checks the types; the ranges below are checked by the assets against the
 import dagster as dg
 from pydantic import Field
 
-from comfy_pipeline.prompts import PromptSpec
+from comfy_pipeline.workflows.prompts import PromptSpec
 
 
 class PromptSpecConfig(dg.Config):

@@ -120,7 +120,7 @@ class ComfyUIResource(dg.ConfigurableResource):
 
 def _recorded_session_url() -> str | None:
     """The URL of a session started with `comfy-pipeline server start`, if one is running."""
-    from comfy_pipeline.session import SessionError, current_session
+    from comfy_pipeline.cli.session import SessionError, current_session
 
     try:
         session = current_session()

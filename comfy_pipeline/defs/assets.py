@@ -17,20 +17,20 @@ from typing import Any
 
 import dagster as dg
 
-from comfy_pipeline import outputs
+from comfy_pipeline.batch import outputs
 from comfy_pipeline.comfyui.errors import ComfyUIError
-from comfy_pipeline.config import PromptConfig, VideoConfig
-from comfy_pipeline.generation import BatchInterrupted, Job, JobResult, run_batch
-from comfy_pipeline.inspection import describe, inspect_image, inspect_video
-from comfy_pipeline.interrupts import interrupt_flag
+from comfy_pipeline.defs.config import PromptConfig, VideoConfig
+from comfy_pipeline.batch.runner import BatchInterrupted, Job, JobResult, run_batch
+from comfy_pipeline.batch.inspection import describe, inspect_image, inspect_video
+from comfy_pipeline.batch.interrupts import interrupt_flag
 from comfy_pipeline.media import MediaError, probe_image
-from comfy_pipeline.progress import ProgressLogger
-from comfy_pipeline.prompts import (
+from comfy_pipeline.batch.progress import ProgressLogger
+from comfy_pipeline.workflows.prompts import (
     IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, image_values, library_specs, video_values,
 )
-from comfy_pipeline.report import write_report
-from comfy_pipeline.resources import ComfyUIResource, QualityThresholds
-from comfy_pipeline.workflows import WorkflowError, load_workflow
+from comfy_pipeline.batch.report import write_report
+from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds
+from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
 GROUP = "comfy"
 MAX_PREVIEWS = 6
@@ -235,7 +235,7 @@ def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[J
                 logger=context.log,
             )
     except BatchInterrupted:
-        # The interrupt exception itself was lost (see comfy_pipeline.interrupts); the prompts are cancelled.
+        # The interrupt exception itself was lost (see comfy_pipeline.batch.interrupts); the prompts are cancelled.
         raise dg.DagsterExecutionInterruptedError() from None
     except (ComfyUIError, WorkflowError) as exc:
         raise dg.Failure(description=str(exc), metadata=_failure_metadata(exc), allow_retries=False) from None

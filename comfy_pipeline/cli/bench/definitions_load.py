@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from comfy_pipeline.bench.report import RATIO_AT_MOST, Figure
+from comfy_pipeline.cli.bench.report import RATIO_AT_MOST, Figure
 
 ONE_ASSET = '''import dagster as dg
 

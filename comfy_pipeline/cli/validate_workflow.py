@@ -13,8 +13,8 @@ import sys
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.errors import ComfyUIError
 from comfy_pipeline.comfyui.schema import load_bundled_object_info
-from comfy_pipeline.preflight import preflight
-from comfy_pipeline.workflows import WorkflowError, load_workflow
+from comfy_pipeline.workflows.preflight import preflight
+from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
 
 OFFLINE_SOURCE = "the bundled schema (ComfyUI 0.33.0 with the official models installed)"

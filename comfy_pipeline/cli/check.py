@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfy_pipeline import outputs
-from comfy_pipeline.checkpoints import CheckpointError, CheckpointStore
+from comfy_pipeline.batch import outputs
+from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
-from comfy_pipeline.prompts import PromptError, PromptSpec, check_specs, check_text, library_specs, specs_from_seed_prompts
-from comfy_pipeline.session import SessionError, current_session
-from comfy_pipeline.workflows import WorkflowError
+from comfy_pipeline.workflows.prompts import PromptError, PromptSpec, check_specs, check_text, library_specs, specs_from_seed_prompts
+from comfy_pipeline.cli.session import SessionError, current_session
+from comfy_pipeline.workflows.workflow import WorkflowError
 
 TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")
 JOB_FOR_KIND = {

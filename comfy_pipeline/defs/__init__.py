@@ -1,0 +1,1 @@
+"""The Dagster layer: assets, resources, jobs, schedules, sensors and their config; gathered in comfy_pipeline.definitions."""

@@ -1,0 +1,81 @@
+"""The three layers stay apart: no core module imports Dagster (read from each module's import statements), and
+importing the whole core leaves Dagster unloaded."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "comfy_pipeline"
+CORE = ("comfyui", "simulator", "media", "workflows", "batch", "data")
+DAGSTER_LAYER = ("defs", "cli", "definitions.py", "__init__.py")
+
+
+def core_modules() -> list[Path]:
+    return sorted(p for name in CORE for p in (PACKAGE / name).rglob("*.py"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an import statement in `path` names, including ones nested in functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args:
+            if isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
+    return found
+
+
+def is_dagster_side(module: str) -> bool:
+    top = module.split(".")[0]
+    if top == "dagster" or top.startswith("dagster_"):
+        return True
+    parts = module.split(".")
+    return parts[0] == "comfy_pipeline" and len(parts) > 1 and parts[1] in ("defs", "cli", "definitions")
+
+
+def test_every_package_of_the_layout_exists():
+    for name in (*CORE, *DAGSTER_LAYER):
+        assert (PACKAGE / name).exists(), name
+    top_level = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top_level == ["__init__.py", "definitions.py"], "modules belong in a layer's package, not at the top"
+
+
+@pytest.mark.parametrize("path", core_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_core_module_imports_no_dagster(path):
+    bad = sorted(m for m in imported_modules(path) if is_dagster_side(m))
+    assert not bad, f"{path.relative_to(PACKAGE)} is core and must not import {bad}"
+
+
+def test_the_import_reader_sees_nested_and_dynamic_imports(tmp_path):
+    # The check above is only as good as the reader: it must catch the ways an import can hide.
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import os\n"
+        "def f():\n    import dagster as dg\n"
+        "def g():\n    from comfy_pipeline.defs import resources\n"
+        "def h():\n    importlib.import_module('dagster_postgres')\n"
+    )
+    assert {m for m in imported_modules(sample) if is_dagster_side(m)} == {
+        "dagster", "comfy_pipeline.defs", "comfy_pipeline.defs.resources", "dagster_postgres",
+    }
+
+
+def test_importing_the_whole_core_loads_no_dagster():
+    names = [
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for p in core_modules() if p.name != "__main__.py"
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'dagster' or m.startswith(('dagster.', 'dagster_', 'comfy_pipeline.defs', 'comfy_pipeline.cli'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout
