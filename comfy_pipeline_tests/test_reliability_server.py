@@ -17,7 +17,7 @@ from PIL import Image
 
 from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline.workflows import load_workflow
+from comfy_pipeline.workflows.workflow import load_workflow
 from comfy_pipeline_tests.conftest import free_port, wait_until
 from comfy_pipeline_tests.test_check_cli import check
 from comfy_pipeline_tests.test_pipeline_jobs import (
@@ -253,7 +253,7 @@ def test_prompt_over_its_timeout_is_cancelled_on_the_server(instance, tmp_path):
         assert time.monotonic() - started < 20
         assert not result.success
         text = failure_text(result)
-        assert "did not finish within 1 s and was cancelled on the server" in text
+        assert "did not finish within 1 s of starting and was cancelled on the server" in text
         # The interrupt lands at the next sampler step, as on a real GPU; nothing stays queued or running.
         assert wait_until(lambda: server_queue(sim) == {"queue_running": [], "queue_pending": []}, 10)
         history = requests.get(f"{sim.url}/history", timeout=5).json()
@@ -268,7 +268,7 @@ def test_prompt_timeout_through_the_check_command(tmp_path):
         assert proc.returncode == 1, proc.stderr
         assert "FAIL image-1" in proc.stderr and "Traceback" not in proc.stderr
         (test,) = json.loads(proc.stdout)["tests"]
-        assert "did not finish within 1 s and was cancelled on the server" in test["errors"][0]
+        assert "did not finish within 1 s of starting and was cancelled on the server" in test["errors"][0]
         assert wait_until(lambda: server_queue(sim) == {"queue_running": [], "queue_pending": []}, 10)
 
 

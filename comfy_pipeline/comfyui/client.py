@@ -427,11 +427,18 @@ class ComfyUIClient:
         return self.wait(self.submit(workflow), timeout, on_progress)
 
     def wait(self, prompt_id: str, timeout: float,
-             on_progress: Callable[[ProgressEvent], None] | None = None) -> PromptResult:
+             on_progress: Callable[[ProgressEvent], None] | None = None, *,
+             queue_timeout: float | None = None) -> PromptResult:
         """Wait until the prompt is done and return its outputs, or raise ExecutionError, PromptInterrupted,
         PromptLost (the server forgot it), PromptTimeout (after cancelling it on the server) or ServerUnreachable
-        (no usable answer for `server_down_timeout` seconds)."""
-        deadline = time.monotonic() + timeout
+        (no usable answer for `server_down_timeout` seconds).
+
+        `timeout` counts from the moment the prompt starts executing, so time spent queued behind other prompts
+        (another run's, on a shared server) never eats into it; `queue_timeout` (default: `timeout`) bounds the
+        wait before it starts on its own."""
+        queue_timeout = timeout if queue_timeout is None else queue_timeout
+        started: float | None = None  # monotonic time the prompt was seen executing
+        deadline = time.monotonic() + queue_timeout
         submitted = self._submitted.get(prompt_id) or _Submitted({}, None, False)
         workflow = submitted.workflow
         # Submitted here, on our socket, with the socket up: its events are queued already, let them tell the
@@ -450,7 +457,8 @@ class ComfyUIClient:
             while True:
                 now = time.monotonic()
                 if now >= deadline:
-                    raise PromptTimeout(prompt_id, timeout, cancel_error=self._cancel_quietly(prompt_id))
+                    raise PromptTimeout(prompt_id, timeout if started is not None else queue_timeout,
+                                        cancel_error=self._cancel_quietly(prompt_id), queued=started is None)
                 if not self._events.connected:
                     fast_until = max(fast_until, now + SAFETY_CHECK_SECONDS)
                 try:
@@ -477,6 +485,8 @@ class ComfyUIClient:
                         down_since = None
                     if entry:
                         return self._result(prompt_id, entry, via, on_progress, workflow)
+                    if state == "running" and started is None:
+                        started, deadline = time.monotonic(), time.monotonic() + timeout
                     gone = gone + 1 if state == "unknown" else 0
                     if gone >= 2:  # confirmed twice, a moment apart: the server forgot it
                         messages = heard["status"]["messages"]
@@ -497,6 +507,8 @@ class ComfyUIClient:
                     next_check = time.monotonic()
                     fast_until = max(fast_until, next_check + SAFETY_CHECK_SECONDS)
                     continue
+                if started is None and kind in ("execution_start", "executing", "progress", "executed"):
+                    started, deadline = time.monotonic(), time.monotonic() + timeout
                 for event in self._progress_events(prompt_id, kind, data, workflow):
                     self._emit(on_progress, event)
                 if kind == "executed" and isinstance(data.get("output"), dict):

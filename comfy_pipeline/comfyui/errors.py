@@ -117,18 +117,25 @@ class PromptLost(ComfyUIError):
 class PromptTimeout(ComfyUIError):
     """The prompt did not finish in time; it has been cancelled on the server unless `cancelled` is False."""
 
-    def __init__(self, prompt_id: str, timeout: float, *, cancel_error: str | None = None):
+    def __init__(self, prompt_id: str, timeout: float, *, cancel_error: str | None = None, queued: bool = False):
         self.prompt_id = prompt_id
         self.timeout = timeout
+        self.queued = queued  # it never started: it waited in the server's queue the whole time
         self.cancelled = cancel_error is None
         what = (
             "was cancelled on the server" if cancel_error is None
             else f"could not be cancelled on the server ({cancel_error}); look at its queue, it may still run"
         )
-        super().__init__(
-            f"ComfyUI prompt {prompt_id} did not finish within {timeout:g} s and {what}. "
-            "Raise the prompt timeout if the GPU needs longer."
-        )
+        if queued:
+            super().__init__(
+                f"ComfyUI prompt {prompt_id} waited {timeout:g} s in the server's queue without starting and {what}. "
+                "The server is busy with other work: raise the queue timeout, or share the server through a pool."
+            )
+        else:
+            super().__init__(
+                f"ComfyUI prompt {prompt_id} did not finish within {timeout:g} s of starting and {what}. "
+                "Raise the prompt timeout if the GPU needs longer."
+            )
 
 
 class DownloadError(ComfyUIError):
