@@ -5,6 +5,7 @@ import os
 import dagster as dg
 
 from comfy_pipeline.defs.assets import generated_image, ltx2_video, prompt, validation_report
+from comfy_pipeline.defs.io_manager import ManifestIOManager
 from comfy_pipeline.defs.loggers import progress_logger
 from comfy_pipeline.defs.jobs import comfyui_connection_job, image_generation_job, image_to_video_job, video_generation_job
 from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds
@@ -29,7 +30,8 @@ defs = dg.Definitions(
     jobs=[image_to_video_job, image_generation_job, video_generation_job, comfyui_connection_job],
     schedules=[daily_image_to_video_schedule],
     sensors=[prompt_inbox_sensor, failure_log_sensor],
-    resources={"comfy": comfy, "quality": QualityThresholds()},
+    # Asset values are per-run JSON manifests (defs/io_manager.py), never one shared pickle per asset.
+    resources={"comfy": comfy, "quality": QualityThresholds(), "io_manager": ManifestIOManager()},
     # `console` stays the default; `comfy-pipeline check` selects `progress` for a readable terminal.
     loggers={"console": dg.default_loggers()["console"], "progress": progress_logger},
     # Steps are HTTP calls to the GPU server: one process is enough, and it saves seconds per step.

@@ -1,6 +1,7 @@
 """Shared fixtures: a real ComfyUI simulator on an ephemeral loopback port, and the captured real-server cases."""
 
 import json
+import os
 import shutil
 import socket
 import time
@@ -11,6 +12,11 @@ import pytest
 import requests
 
 from comfy_pipeline.simulator import Simulator
+
+# GPU steps retry transient server faults with a backoff of 10 s and more in production; in tests one quick
+# retry proves the same behaviour (set before the definitions load: the RetryPolicy is built then).
+os.environ.setdefault("COMFY_PIPELINE_STEP_RETRIES", "1")
+os.environ.setdefault("COMFY_PIPELINE_RETRY_DELAY_S", "0.2")
 
 CAPTURES = Path(__file__).parent / "fixtures" / "captures"
 

@@ -55,8 +55,9 @@ def confined(base: Path, name: str) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temp file + rename; never replaces an existing file."""
+def write_atomic(path: Path, data: bytes, *, replace: bool = False) -> Path:
+    """Write `data` to `path` via a temp file + rename; never replaces an existing file unless `replace` (for
+    state files that describe, rather than are, an output: a retried step rewrites its manifest whole)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
@@ -65,7 +66,7 @@ def write_atomic(path: Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         # os.link fails if the target exists, unlike os.replace: that is the no-overwrite guarantee.
-        os.link(tmp, path)
+        os.replace(tmp, path) if replace else os.link(tmp, path)
     except FileExistsError:
         raise OutputPathError(f"{path} already exists; outputs are never overwritten") from None
     finally:
@@ -76,8 +77,9 @@ def write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_json(path: Path, value: Any) -> Path:
-    return write_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+def write_json(path: Path, value: Any, *, replace: bool = False) -> Path:
+    data = (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    return write_atomic(path, data, replace=replace)
 
 
 def append_line(path: Path, line: str) -> None:

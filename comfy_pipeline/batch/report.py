@@ -25,7 +25,8 @@ class Report:
 
 
 def write_report(folder: Path, run_id: str, produced: dict[str, dict]) -> Report:
-    """`produced`: asset name -> its materialization metadata (with `items`, `backend`, `timings_s`)."""
+    """`produced`: asset name -> its manifest (with `items`, `backend`, `timings_s`, and `failed`: the prompts
+    that produced no output, each one row whose `produced` check failed, naming the error and its node)."""
     import pandas as pd  # here, not at module level: loading the Dagster definitions stays fast
 
     rows, timings, backends = [], {}, set()
@@ -40,6 +41,9 @@ def write_report(folder: Path, run_id: str, produced: dict[str, dict]) -> Report
                  "message": check["message"]}
                 for check in item["checks"]
             ]
+        for failure in meta.get("failed") or []:
+            rows.append({"prompt": failure["prompt"], "asset": asset_name, "check": "produced", "passed": False,
+                         "value": "no output", "expected": "an output", "path": "", "message": f"{failure['job']}: {failure['error']}"})
     frame = pd.DataFrame(rows, columns=COLUMNS)
     backend = ", ".join(sorted(backends))
     summary = {

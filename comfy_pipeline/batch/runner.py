@@ -27,6 +27,7 @@ from comfy_pipeline.workflows.preflight import preflight
 from comfy_pipeline.workflows.workflow import Workflow
 
 if TYPE_CHECKING:  # the client (requests, websocket-client) is loaded by whoever makes one, not on import
+    from comfy_pipeline.batch.ledger import PromptLedger
     from comfy_pipeline.comfyui.client import ComfyUIClient, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,17 @@ def run_batch(
     *,
     max_in_flight: int = 4,
     prompt_timeout: float = 900.0,
+    queue_timeout: float | None = None,
     on_progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     logger: logging.Logger | None = None,
+    ledger: "PromptLedger | None" = None,
 ) -> list[JobResult]:
     """Run `jobs` with up to `max_in_flight` prompts queued on the server; results in job order.
+
+    `prompt_timeout` counts from the moment a prompt starts executing; `queue_timeout` bounds its wait in the
+    server's queue (behind our other prompts, or another run's). Each prompt id is written to `ledger` before it
+    is submitted, so a run that dies leaves a record of what it left on the server.
 
     Setting `stop` (from any thread, e.g. a signal handler) cancels the prompts on the server at once and makes
     run_batch raise BatchInterrupted: a termination is honoured even when the exception Dagster raised for it
@@ -119,14 +126,14 @@ def run_batch(
                 if stop.is_set():
                     raise BatchInterrupted()
                 result = pending.popleft()
-                submitted = _submit(client, result)
+                submitted = _submit(client, result, ledger=ledger)
                 if submitted is not None:
                     in_flight.append(submitted)
                 elif isinstance(result.error, ServerUnreachable):
                     _fail_all(pending, result.error)
             if in_flight:
                 current = in_flight[0]  # stays listed until finished, so an interrupt cancels it too
-                _finish(client, current, prompt_timeout, on_progress, stop, logger)
+                _finish(client, current, (prompt_timeout, queue_timeout), on_progress, stop, logger)
                 in_flight.popleft()
                 if stop.is_set():
                     raise BatchInterrupted()
@@ -174,7 +181,8 @@ class _CancelOnStop:
         self._closed.set()
 
 
-def _submit(client: "ComfyUIClient", result: JobResult, prompt_id: str | None = None) -> _InFlight | None:
+def _submit(client: "ComfyUIClient", result: JobResult, prompt_id: str | None = None,
+            ledger: "PromptLedger | None" = None) -> _InFlight | None:
     """Upload, inject and queue the job (under `prompt_id` when given); None with result.error on failure."""
     job = result.job
     try:
@@ -185,7 +193,11 @@ def _submit(client: "ComfyUIClient", result: JobResult, prompt_id: str | None = 
             result.timings["upload"] = time.monotonic() - started
         graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
         submitted_at = time.time()
-        result.prompt_id = _submit_once(client, graph, prompt_id or str(uuid.uuid4()))
+        if prompt_id is None:
+            prompt_id = str(uuid.uuid4())
+            if ledger is not None:
+                ledger.record(prompt_id)  # before the submit: a crash right after it still leaves the id behind
+        result.prompt_id = _submit_once(client, graph, prompt_id)
         log.info("queued %s as ComfyUI prompt %s", job.key, result.prompt_id)
         return _InFlight(result, submitted_at)
     except (ComfyUIError, ValueError, OSError) as exc:
@@ -206,21 +218,22 @@ def _submit_once(client: "ComfyUIClient", graph: dict, prompt_id: str) -> str:
         return client.submit(graph, prompt_id=prompt_id)
 
 
-def _finish(client: "ComfyUIClient", item: _InFlight, timeout: float, on_progress: ProgressCallback | None,
-            stop: threading.Event, logger: logging.Logger) -> None:
+def _finish(client: "ComfyUIClient", item: _InFlight, timeouts: tuple[float, float | None],
+            on_progress: ProgressCallback | None, stop: threading.Event, logger: logging.Logger) -> None:
     result = item.result
     job = result.job
     callback = (lambda event: on_progress(job, event)) if on_progress else None
     try:
+        timeout, queue_timeout = timeouts
         try:
-            outcome = client.wait(result.prompt_id, timeout, on_progress=callback)
+            outcome = client.wait(result.prompt_id, timeout, on_progress=callback, queue_timeout=queue_timeout)
         except PromptLost:
             if stop.is_set():  # we deleted it from the queue ourselves
                 raise
             item = _resubmit(client, item, logger)
             if item is None:
                 return
-            outcome = client.wait(result.prompt_id, timeout, on_progress=callback)
+            outcome = client.wait(result.prompt_id, timeout, on_progress=callback, queue_timeout=queue_timeout)
         started = outcome.started_at or item.submitted_at
         result.timings["queue_wait"] = max(0.0, started - item.submitted_at)
         result.timings["execution"] = max(0.0, (outcome.finished_at or time.time()) - started)

@@ -35,7 +35,8 @@ class PromptConfig(dg.Config):
 class VideoConfig(dg.Config):
     input_images: list[str] = Field(
         default_factory=list,
-        description="Local images to animate (video_generation_job). Empty: the images generated earlier in this run.",
+        description="Local images to animate (video_generation_job). Empty: the good images of generated_image (this "
+        "run's, else its latest materialization).",
     )
     motion_prompt: str | None = Field(default=None, description="LTX-2 prompt for input_images.")
     negative_prompt: str | None = Field(default=None, description="What the video should avoid, for input_images.")

@@ -22,8 +22,6 @@ video_generation_job = dg.define_asset_job(
     description="LTX-2 video from the image(s) in ops.ltx2_video.config.input_images -> validation report.",
 )
 
-PIPELINE_JOBS = (image_to_video_job, image_generation_job, video_generation_job)
-
 
 @dg.op(description="Ask the ComfyUI server for its version, devices, VRAM and queue.")
 def comfyui_connection(context: dg.OpExecutionContext, comfy: ComfyUIResource) -> dict:

@@ -4,6 +4,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -34,7 +35,8 @@ class ComfyUIResource(dg.ConfigurableResource):
     password: str | None = Field(default=None, description="Basic-auth password (env COMFYUI_PASSWORD).")
     connect_timeout: float = Field(default=5.0, description="Seconds to wait for a TCP connection.")
     request_timeout: float = Field(default=30.0, description="Seconds to wait for an HTTP answer.")
-    prompt_timeout: float = Field(default=900.0, description="Seconds one prompt may take on the server before it is cancelled.")
+    prompt_timeout: float = Field(default=900.0, gt=0, description="Seconds one prompt may run on the server, counted from the moment it starts executing; past it the prompt is cancelled.")
+    queue_timeout: float = Field(default=3600.0, gt=0, description="Seconds one prompt may wait in the server's queue (behind other work) before it starts; past it the prompt is cancelled.")
     max_in_flight: int = Field(default=4, ge=1, description="Prompts queued on the server at once, so the GPU never waits for us.")
     server_down_timeout: float = Field(default=60.0, gt=0, description="Seconds a server that stopped answering is waited for before its prompts fail.")
     max_download_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest output file accepted; a bigger one is refused before anything is written.")
@@ -65,13 +67,27 @@ class ComfyUIResource(dg.ConfigurableResource):
             return {k: v or None for k, v in configured.items()}
         return {k: os.environ.get(f"COMFYUI_{k.upper()}") or None for k in configured}
 
+    def configured_url(self) -> str | None:
+        """The server's URL from config, the environment or a running `comfy-pipeline server` session; None
+        means the embedded simulator."""
+        return self.url or os.environ.get("COMFYUI_URL") or _recorded_session_url()
+
+    def close(self) -> None:
+        """Close the client and stop the embedded simulator, if any (also done after every run)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._simulator is not None:
+            self._simulator.stop()
+            self._simulator = None
+
     def get_client(self):
         """The ComfyUIClient of this run (starting the embedded simulator when there is no server)."""
         if self._client is None:
             from comfy_pipeline.comfyui.client import ComfyUIClient
 
             started = time.monotonic()
-            url = self.url or os.environ.get("COMFYUI_URL") or _recorded_session_url()
+            url = self.configured_url()
             if not url:
                 from comfy_pipeline.simulator import Simulator  # only needed for the embedded default
 
@@ -110,12 +126,20 @@ class ComfyUIResource(dg.ConfigurableResource):
         }
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if self._simulator is not None:
-            self._simulator.stop()
-            self._simulator = None
+        self.close()
+
+
+def gpu_pool(url: str | None = None) -> str:
+    """The Dagster pool of a ComfyUI server: steps in one pool share its concurrency limit (dagster.yaml
+    `concurrency.pools`), so runs against one GPU take turns instead of timing each other out. Named after the
+    server's host and port (env COMFYUI_URL when the definitions load; the embedded simulator is per run)."""
+    url = url if url is not None else os.environ.get("COMFYUI_URL")
+    if not url:
+        return "comfyui-embedded"
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = (parts.hostname or "localhost").replace(".", "-").replace(":", "-")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"comfyui-{host}-{port}"
 
 
 def _recorded_session_url() -> str | None:

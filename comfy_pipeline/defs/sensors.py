@@ -7,10 +7,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from comfy_pipeline.batch import outputs
+from comfy_pipeline.batch import ledger, outputs
 from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.comfyui.redaction import scrub
-from comfy_pipeline.defs.jobs import PIPELINE_JOBS, image_to_video_job, video_generation_job
+from comfy_pipeline.defs.jobs import image_to_video_job, video_generation_job
 from comfy_pipeline.media import MediaError, probe_image
 from comfy_pipeline.workflows.prompts import PromptError, check_specs, read_prompt_file
 from comfy_pipeline.defs.resources import ComfyUIResource
@@ -104,12 +104,14 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
 
 
 @dg.run_failure_sensor(
-    monitored_jobs=list(PIPELINE_JOBS),
+    # No monitored_jobs: every job of this code location, the UI's Materialize runs (__ASSET_JOB) included.
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Appends each failed pipeline run (job, run id, error, ComfyUI node) to <output folder>/failures.jsonl.",
+    description="Appends each failed run of this code location (job, run id, error, ComfyUI node) to "
+    "<output folder>/failures.jsonl, and cancels any prompt the run left on the ComfyUI server.",
 )
 def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResource):
     secrets = [comfy.token, comfy.password]
+    _cancel_prompts_left_behind(context, comfy)
     steps = []
     for event in context.get_step_failure_events():
         data = event.step_failure_data
@@ -128,3 +130,22 @@ def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResour
         "comfyui_node": next((s["comfyui_node"] for s in steps if s["comfyui_node"]), None),
     }
     outputs.append_line(Path(comfy.output_path) / FAILURES_LOG, json.dumps(entry, ensure_ascii=False))
+
+
+def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: ComfyUIResource) -> None:
+    """A run that died (its worker killed, marked failed by run monitoring) may have prompts still queued or
+    running on the server: cancel them (batch.ledger). Only for a configured server: the embedded simulator
+    died with the run."""
+    run_id = context.dagster_run.run_id
+    if not comfy.configured_url() or not ledger.has_record(comfy.output_path, run_id):
+        return
+    try:
+        client = comfy.get_client()
+        found = ledger.cancel_orphans(comfy.output_path, client.url, client.cancel, lambda _: True, only_run=run_id)
+    except Exception as exc:  # the log line below matters more; the next batch sweeps again
+        context.log.warning(f"could not cancel the prompts run {run_id} left on the server: {scrub(str(exc), [comfy.token, comfy.password])}")
+        return
+    finally:
+        comfy.close()
+    if found:
+        context.log.warning(f"cancelled {len(found)} prompt(s) that failed run {run_id} left on {client.url}")

@@ -1,0 +1,114 @@
+"""A written record of the prompts a run has on a ComfyUI server, so a run that dies cannot leave GPU work behind.
+
+Prompt ids are chosen by the client, so each one is written down here *before* it is submitted. A run that ends
+normally deletes its record. A run that dies (`kill -9`, an evicted pod) leaves it behind, and whoever comes next
+against the same server (the next batch, or the failure sensor once Dagster marks the run failed) cancels every
+prompt in it that the server still has queued or running. Cancelling is idempotent: a prompt that already
+finished is left alone. No Dagster here.
+
+Layout: `<output folder>/.inflight/<run id>.jsonl`, one JSON line per prompt: id, server, host, pid.
+"""
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from comfy_pipeline.batch import outputs
+
+FOLDER = ".inflight"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    run_id: str
+    prompt_id: str
+    server: str
+    host: str
+    pid: int
+
+
+class PromptLedger:
+    """The record of one run's prompts on one server."""
+
+    def __init__(self, output_dir: str | Path, run_id: str, server: str):
+        self.path = outputs.confined(Path(output_dir) / FOLDER, f"{outputs.slugify(run_id, 64)}.jsonl")
+        self.run_id, self.server = run_id, server
+
+    def record(self, prompt_id: str) -> None:
+        """Called before the prompt is submitted: a crash right after the submit still leaves its id behind."""
+        entry = {"run_id": self.run_id, "prompt_id": prompt_id, "server": self.server,
+                 "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        outputs.append_line(self.path, json.dumps(entry))
+
+    def close(self) -> None:
+        """Every prompt ended or was cancelled: nothing is left to clean up after this run."""
+        self.path.unlink(missing_ok=True)
+
+
+def has_record(output_dir: str | Path, run_id: str) -> bool:
+    return (Path(output_dir) / FOLDER / f"{outputs.slugify(run_id, 64)}.jsonl").is_file()
+
+
+def read(path: Path) -> list[Entry]:
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            raw = json.loads(line)
+            entries.append(Entry(str(raw["run_id"]), str(raw["prompt_id"]), str(raw["server"]), str(raw["host"]),
+                                 int(raw["pid"])))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the crash itself
+    return entries
+
+
+def _process_alive(entry: Entry) -> bool | None:
+    """True/False for a process on this host; None when it ran elsewhere (only Dagster can tell then)."""
+    if entry.host != socket.gethostname():
+        return None
+    try:
+        os.kill(entry.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cancel_orphans(output_dir: str | Path, server: str, cancel: Callable[[str], None],
+                   run_ended: Callable[[str], bool], *, only_run: str | None = None) -> list[Entry]:
+    """Cancel the prompts on `server` of every dead run and delete their records; the cancelled entries.
+
+    A run is dead when Dagster says it ended (`run_ended(run_id)`) yet its record is still there, or when its
+    process on this host is gone. `only_run` limits the sweep to one run (the failure sensor's case)."""
+    folder = Path(output_dir) / FOLDER
+    if not folder.is_dir():
+        return []
+    cancelled: list[Entry] = []
+    for path in sorted(folder.glob("*.jsonl")):
+        entries = read(path)
+        if not entries or (only_run and entries[0].run_id != only_run):
+            continue
+        first = entries[0]
+        alive = _process_alive(first)
+        if alive or (alive is None and not run_ended(first.run_id)):
+            continue
+        mine = [e for e in entries if e.server == server]
+        if not mine:
+            continue  # another server's prompts: whoever talks to that server cleans them up
+        failed = False
+        for entry in mine:
+            try:
+                cancel(entry.prompt_id)
+                cancelled.append(entry)
+            except Exception as exc:  # keep the record: the next sweep tries again
+                log.warning("could not cancel prompt %s of dead run %s: %s", entry.prompt_id, entry.run_id, exc)
+                failed = True
+        if not failed and len(mine) == len(entries):
+            path.unlink(missing_ok=True)
+    return cancelled
