@@ -49,6 +49,10 @@ class PromptLedger:
     def close(self) -> None:
         """Every prompt ended or was cancelled: nothing is left to clean up after this run."""
         self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()  # only when empty: other runs may be under way
+        except OSError:
+            pass
 
 
 def has_record(output_dir: str | Path, run_id: str) -> bool:

@@ -61,8 +61,8 @@ class NoticingClient(ComfyUIClient):
         super().__init__(*args, **kwargs)
         self.noticed: dict[str, float] = {}
 
-    def wait(self, prompt_id: str, timeout: float, on_progress=None) -> PromptResult:
-        result = super().wait(prompt_id, timeout, on_progress)
+    def wait(self, prompt_id: str, timeout: float, on_progress=None, **kwargs) -> PromptResult:
+        result = super().wait(prompt_id, timeout, on_progress, **kwargs)
         self.noticed[prompt_id] = time.monotonic()
         return result
 
