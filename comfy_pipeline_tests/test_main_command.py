@@ -129,14 +129,20 @@ def test_dg_checks_and_lists_the_definitions():
     assert {"image_to_video_job", "image_generation_job", "video_generation_job"} <= {j["name"] for j in found["jobs"]}
 
 
-def test_dg_launch_runs_the_main_job(tmp_path):
+def test_dg_launch_runs_the_main_job_and_single_assets(tmp_path):
     # README: dg launch --job image_to_video_job   (the current form of the main command)
-    proc = run_dg("launch", "--job", "image_to_video_job", "--target-path", str(REPO), cwd=tmp_path, env=clean_env())
+    env = clean_env(DAGSTER_HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    proc = run_dg("launch", "--job", "image_to_video_job", "--target-path", str(REPO), cwd=tmp_path, env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     (mp4,) = (tmp_path / "comfy_outputs").rglob("*.mp4")
     assert probe_video(mp4).frame_count == 121
     assert "SupersessionWarning" not in log
+    # dg launch --assets ltx2_video: the latest images, animated again in a run of their own
+    proc = run_dg("launch", "--assets", "ltx2_video", "--target-path", str(REPO), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert len(list((tmp_path / "comfy_outputs").rglob("*.mp4"))) == 2
 
 
 def test_dg_dev_serves_the_code_location(tmp_path):

@@ -13,6 +13,7 @@ from comfy_pipeline.definitions import defs
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.defs.schedules import daily_image_to_video_schedule
 from comfy_pipeline.defs.sensors import failure_log_sensor, prompt_inbox_sensor
+from comfy_pipeline_tests.conftest import wait_until
 
 
 @pytest.fixture
@@ -136,3 +137,62 @@ def test_failure_sensor_logs_job_run_and_error_without_secrets(instance, tmp_pat
     assert entry["job"] == "image_generation_job" and entry["run_id"] == run_id
     assert "not reachable" in entry["steps"][0]["error"]
     assert "canary-token-123" not in log_text
+
+
+def image_generation_job():
+    return defs.resolve_job_def("image_generation_job")
+
+
+def test_circuit_breaker_counts_a_run_and_its_reexecutions_as_one_failure(instance, comfy, tmp_path):
+    config = {"resources": {"comfy": {"config": {"url": "http://127.0.0.1:9", "output_dir": str(tmp_path / "out")}}}}
+    job = dg.reconstructable(image_generation_job)
+    first = dg.execute_job(job, instance=instance, run_config=config, raise_on_error=False)
+    parent = first.run_id
+    for _ in range(2):  # "Re-execute from failure", twice, still against a dead server
+        again = dg.execute_job(job, instance=instance, raise_on_error=False,
+                               reexecution_options=dg.ReexecutionOptions.from_failure(parent, instance))
+        assert not again.success and instance.get_run_by_id(again.run_id).root_run_id == first.run_id
+        parent = again.run_id
+    state = circuit_breaker.breaker_state(instance, comfy.output_dir)
+    assert not state.open and state.failed_run_ids == (first.run_id,)  # three failed runs, one piece of work
+    fail_runs(instance, 2, tmp_path)
+    assert circuit_breaker.breaker_state(instance, comfy.output_dir).open
+
+
+def test_failure_sensor_covers_ui_materializations_and_cancels_what_the_run_left_on_the_server(instance, tmp_path):
+    from comfy_pipeline.batch.ledger import PromptLedger
+    from comfy_pipeline.comfyui import ComfyUIClient
+    from comfy_pipeline.simulator import Simulator
+    from comfy_pipeline.workflows.workflow import load_workflow
+
+    # Every job of the code location, the Materialize button's __ASSET_JOB included: the daemon filters runs by
+    # this list (Dagster keeps it private), and empty means the whole code location.
+    assert not failure_log_sensor._monitored_jobs
+    out = tmp_path / "out"
+    asset_job = defs.resolve_implicit_global_asset_job_def()
+    config = {"resources": {"comfy": {"config": {"url": "http://127.0.0.1:9", "output_dir": str(out)}}}}
+    failed = asset_job.execute_in_process(run_config=config, instance=instance, raise_on_error=False,
+                                          asset_selection=[dg.AssetKey("generated_image")])
+    run = instance.get_run_by_id(failed.run_id)
+    assert run.job_name.startswith("__ASSET_JOB") and run.status == dg.DagsterRunStatus.FAILURE
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=60) as sim, ComfyUIClient(sim.url) as client:
+        graph = load_workflow("z_image_turbo_generation").inject({"prompt": "left behind", "width": 256, "height": 256}, filename_prefix="comfy_pipeline/test/left")
+        ledger = PromptLedger(out, run.run_id, client.url)  # as a run whose worker was killed leaves it
+        ledger.record("0b7c9d2e-1111-4a4a-8888-000000000001")
+        client.submit(graph, prompt_id="0b7c9d2e-1111-4a4a-8888-000000000001")
+        assert client.status("0b7c9d2e-1111-4a4a-8888-000000000001") in ("pending", "running")
+        comfy = ComfyUIResource(url=sim.url, output_dir=str(out))
+        failure_event = next(
+            r.event_log_entry.dagster_event
+            for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+        )
+        with dg.build_run_status_sensor_context(
+            sensor_name="failure_log_sensor", dagster_instance=instance, dagster_run=run, dagster_event=failure_event,
+            resources={"comfy": comfy},
+        ) as ctx:
+            failure_log_sensor(ctx.for_run_failure())
+        assert wait_until(lambda: client.status("0b7c9d2e-1111-4a4a-8888-000000000001") in ("done", "unknown"), 10)
+        assert client.queue() == {"queue_running": [], "queue_pending": []}
+    entry = json.loads((out / "failures.jsonl").read_text().splitlines()[-1])
+    assert entry["job"].startswith("__ASSET_JOB") and entry["run_id"] == run.run_id
+    assert not ledger.path.exists()

@@ -35,10 +35,16 @@ def materializations(result, asset: str) -> list[dg.AssetMaterialization]:
 
 
 def failure_text(result) -> str:
-    """What the user sees for a failed step: the dg.Failure description, else the error message."""
+    """What the user sees for a failed step: the dg.Failure description, else the error message; a step that
+    was retried first shows its earlier attempts' errors."""
     texts = []
     for event in result.all_events:
-        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+        if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY:
+            error = event.event_specific_data.error  # RetryRequestedFromPolicy, caused by the step's Failure
+            while error is not None:
+                texts.append(error.message.strip())
+                error = error.cause
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
             data = event.step_failure_data
             user = data.user_failure_data
             texts.append(user.description if user and user.description else data.error.message)

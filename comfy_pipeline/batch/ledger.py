@@ -89,7 +89,8 @@ def cancel_orphans(output_dir: str | Path, server: str, cancel: Callable[[str], 
     """Cancel the prompts on `server` of every dead run and delete their records; the cancelled entries.
 
     A run is dead when Dagster says it ended (`run_ended(run_id)`) yet its record is still there, or when its
-    process on this host is gone. `only_run` limits the sweep to one run (the failure sensor's case)."""
+    process on this host is gone. `only_run` sweeps that one run, which Dagster has declared failed (the failure
+    sensor's case), whatever its process looks like."""
     folder = Path(output_dir) / FOLDER
     if not folder.is_dir():
         return []
@@ -100,7 +101,7 @@ def cancel_orphans(output_dir: str | Path, server: str, cancel: Callable[[str], 
             continue
         first = entries[0]
         alive = _process_alive(first)
-        if alive or (alive is None and not run_ended(first.run_id)):
+        if not only_run and (alive or (alive is None and not run_ended(first.run_id))):
             continue
         mine = [e for e in entries if e.server == server]
         if not mine:

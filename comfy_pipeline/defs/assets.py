@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import dagster as dg
 
@@ -44,8 +44,9 @@ MAX_PREVIEWS = 6
 MAX_TABLE_ROWS = 200  # the report's table in the UI; the full report is the JSON/CSV file it points to
 BACKEND_TAG = "comfy_pipeline/backend"
 
-# Transient server faults (unreachable, restarted, 5xx) are retried with backoff; bad input never is.
-# The environment can tune it for a deployment (and tests make it quick).
+# Transient server faults (unreachable, restarted, 5xx) are retried with this policy's backoff; bad input never
+# is. It is applied by the assets themselves (dg.RetryRequested), not as the assets' retry_policy: Dagster would
+# apply that one to a terminated run too and start the step again. The environment tunes it for a deployment.
 GPU_RETRY_POLICY = dg.RetryPolicy(
     max_retries=int(os.environ.get("COMFY_PIPELINE_STEP_RETRIES", "3")),
     delay=float(os.environ.get("COMFY_PIPELINE_RETRY_DELAY_S", "10")),
@@ -86,7 +87,6 @@ def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output
     group_name=GROUP,
     kinds={"comfyui", "image"},
     pool=gpu_pool(),
-    retry_policy=GPU_RETRY_POLICY,
     description="One Z-Image-Turbo image per prompt, all queued on the ComfyUI server together.",
     check_specs=[
         dg.AssetCheckSpec(
@@ -105,7 +105,7 @@ def generated_image(
             description="No prompt to render: `prompt` was never materialized. Materialize prompt first, or run "
             "image_to_video_job.", allow_retries=False,
         )
-    sources = [(PromptSpec(**p), None) for p in prompt["prompts"]]
+    sources = [(i, PromptSpec(**p), None) for i, p in enumerate(prompt["prompts"])]
     yield from _generate(context, comfy, quality, IMAGES, sources, {"prompt": prompt["source"]})
 
 
@@ -113,7 +113,6 @@ def generated_image(
     group_name=GROUP,
     kinds={"comfyui", "video"},
     pool=gpu_pool(),
-    retry_policy=GPU_RETRY_POLICY,
     description="An LTX-2 video from each good image (this run's, else the latest generated_image, or "
     "input_images): uploaded to ComfyUI, animated, downloaded as MP4.",
     check_specs=[
@@ -222,9 +221,10 @@ VIDEOS = _Kind("ltx2_video", VIDEO_WORKFLOW, "videos", "video", "video_quality",
 
 
 def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind: _Kind,
-              sources: list[tuple[PromptSpec, Path | None]], lineage: dict[str, dict]) -> Iterator[dg.MaterializeResult]:
-    """Run every source through the kind's workflow, check each output and record them all in one
-    materialization, the failed prompts included. The step fails only when nothing was made, or when no later
+              sources: list[tuple[int, PromptSpec, Path | None]], lineage: dict[str, dict]) -> Iterator[dg.MaterializeResult]:
+    """Run every source (prompt index, spec, image to animate) through the kind's workflow, check each output and
+    record them all in one materialization, the failed prompts included. A video keeps its prompt's index:
+    "video 3" is the video of "prompt 3". The step fails only when nothing was made, or when no later
     asset of this run will carry the failures on (then after recording everything good)."""
     loading_started = time.monotonic()
     workflow = _load(kind.workflow)
@@ -233,7 +233,7 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
     _cancel_orphans(context, comfy)
     run_tag = context.run_id[:8]
     jobs = []
-    for i, (spec, image) in enumerate(sources):
+    for i, spec, image in sources:
         text = spec.text if image is None else spec.motion_prompt or spec.text
         jobs.append(
             Job(
@@ -247,16 +247,16 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
             )
         )
     results = _run(context, comfy, jobs)
-    made = [(spec, image, r) for (spec, image), r in zip(sources, results) if r.ok]
+    made = [(spec, image, r) for (_, spec, image), r in zip(sources, results) if r.ok]
     with ThreadPoolExecutor(max_workers=2) as pool:
         inspections = list(pool.map(lambda m: kind.inspect(m[2].files[0], m[0], workflow, quality), made))
     items = [describe(spec, image, result, workflow, server, found) for (spec, image, result), found in zip(made, inspections)]
-    failed = [_failed_prompt(spec, r) for (spec, _), r in zip(sources, results) if not r.ok]
+    failed = [_failed_prompt(spec, r) for (_, spec, _), r in zip(sources, results) if not r.ok]
     summary = f"{len(failed)} of {len(results)} prompt(s) failed:\n" + "\n".join(_failure_line(f) for f in failed)
     if not items:
         errors = [r.error for r in results if not r.ok]
-        raise dg.Failure(description=summary, metadata=_failure_metadata(errors[0]),
-                         allow_retries=all(_transient(e) for e in errors))
+        _fail(context, dg.Failure(description=summary, metadata=_failure_metadata(errors[0]), allow_retries=False),
+              transient=all(_transient(e) for e in errors))
     yield _materialize(context, kind, items, server, failed, lineage)
     broken = [item["path"] for item in items if not _passed(item)]
     if (failed or broken) and not _downstream_in_run(context, kind):
@@ -283,8 +283,8 @@ def _server_info(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> d
     try:
         info = comfy.server_info()
     except ComfyUIError as exc:
-        raise dg.Failure(description=str(exc), metadata={"comfyui_url": comfy.display_url},
-                         allow_retries=_transient(exc)) from None
+        _fail(context, dg.Failure(description=str(exc), metadata={"comfyui_url": comfy.display_url},
+                                  allow_retries=False), transient=_transient(exc))
     if _first_in_run(context, info["backend"]):
         if info["backend"] == "simulator":
             context.log.warning(
@@ -344,7 +344,8 @@ def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[J
         raise dg.DagsterExecutionInterruptedError() from None
     except (ComfyUIError, WorkflowError) as exc:
         record.close()  # nothing of ours is left running: run_batch cancels its prompts when it fails
-        raise dg.Failure(description=str(exc), metadata=_failure_metadata(exc), allow_retries=_transient(exc)) from None
+        _fail(context, dg.Failure(description=str(exc), metadata=_failure_metadata(exc), allow_retries=False),
+              transient=_transient(exc))
     record.close()
     for result in results:
         if result.ok:
@@ -352,6 +353,18 @@ def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[J
         else:
             context.log.error(f"{result.job.key}: {result.error}")
     return results
+
+
+def _fail(context: dg.AssetExecutionContext, failure: dg.Failure, *, transient: bool) -> NoReturn:
+    """Raise `failure`; for a transient server fault, first ask Dagster to run the step again after the retry
+    policy's backoff, as long as retries are left."""
+    failure.__suppress_context__ = True  # the failure says it all: no "during handling of ..." chain
+    if transient and context.retry_number < GPU_RETRY_POLICY.max_retries:
+        wait = GPU_RETRY_POLICY.calculate_delay(context.retry_number + 1)
+        context.log.warning(f"{failure.description} -- a transient server fault: trying the step again in "
+                            f"{wait:.1f} s (retry {context.retry_number + 1} of {GPU_RETRY_POLICY.max_retries})")
+        raise dg.RetryRequested(max_retries=GPU_RETRY_POLICY.max_retries, seconds_to_wait=wait) from failure
+    raise failure from None
 
 
 def _transient(error: BaseException | None) -> bool:
@@ -480,7 +493,7 @@ def _lineage_metadata(lineage: dict[str, dict]) -> dict[str, Any]:
     return meta
 
 
-def _video_sources(config: VideoConfig, images: dict | None) -> tuple[list[tuple[PromptSpec, Path]], dict]:
+def _video_sources(config: VideoConfig, images: dict | None) -> tuple[list[tuple[int, PromptSpec, Path]], dict]:
     if config.input_images:
         text = config.motion_prompt or "Slow camera push-in"
         spec = PromptSpec(text=text, motion_prompt=text, negative_prompt=config.negative_prompt, seed=config.seed, frames=config.frames, fps=config.fps)
@@ -491,7 +504,7 @@ def _video_sources(config: VideoConfig, images: dict | None) -> tuple[list[tuple
         except WorkflowError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
         sources = []
-        for raw in config.input_images:
+        for i, raw in enumerate(config.input_images):
             image = Path(raw).expanduser()
             try:
                 probe_image(image)
@@ -500,7 +513,7 @@ def _video_sources(config: VideoConfig, images: dict | None) -> tuple[list[tuple
                     description=f"input image cannot be used: {exc}. Give the path of a PNG, JPEG or WebP image.",
                     allow_retries=False,
                 ) from None
-            sources.append((spec, image))
+            sources.append((i, spec, image))
         return sources, {}
     if images is None:
         raise dg.Failure(
@@ -514,7 +527,13 @@ def _video_sources(config: VideoConfig, images: dict | None) -> tuple[list[tuple
             description=f"No usable input image: every image of generated_image (run {images['source']['run_id']}) "
             "failed its checks.", allow_retries=False,
         )
-    return [(PromptSpec(**item["spec"]), Path(item["path"])) for item in usable], {"generated_image": images["source"]}
+    sources = [(_index(item["job"]), PromptSpec(**item["spec"]), Path(item["path"])) for item in usable]
+    return sources, {"generated_image": images["source"]}
+
+
+def _index(job: str) -> int:
+    """"prompt 3" -> 3."""
+    return int(job.rsplit(" ", 1)[-1])
 
 
 def _report_inputs(manifests: dict[str, dict | None]) -> dict[str, dict]:
