@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from comfy_pipeline.media.binaries import ffmpeg_path
 from comfy_pipeline.simulator import Simulator
 
 # GPU steps retry transient server faults with a backoff of 10 s and more in production; in tests one quick
@@ -103,3 +105,41 @@ def decode_data_uri(markdown: str) -> tuple:
     img = Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)))
     img.load()
     return img, len(encoded)
+
+
+# -- the suite leaves no ffmpeg behind ------------------------------------------------------------------------
+
+_SESSION_STARTED = time.time()
+
+
+def ffmpeg_processes_since(started: float) -> list[str]:
+    """ffmpeg/ffprobe processes of this Python environment started since `started` and still alive (a leak: a
+    kill that missed them). Other environments' ffmpeg (another checkout's tests) are not ours to judge."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "create_time", "cmdline"]):
+        try:
+            command = " ".join(proc.info["cmdline"] or [])
+            ours = sys.prefix in command or os.path.dirname(ffmpeg_path()) in command
+            if proc.info["name"] in ("ffmpeg", "ffprobe") and proc.info["create_time"] >= started - 1 and ours:
+                found.append(f"{proc.pid}: {command[:200]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any ffmpeg the tests started is still running (and end it, so CI does not hang)."""
+    time.sleep(0.5)  # a process killed a moment ago may still be exiting
+    leaked = ffmpeg_processes_since(_SESSION_STARTED)
+    if leaked:
+        import psutil
+
+        for line in leaked:
+            try:
+                psutil.Process(int(line.split(":")[0])).kill()
+            except psutil.Error:
+                pass
+        print("\nffmpeg processes left running by the tests:\n  " + "\n  ".join(leaked), file=sys.stderr)
+        session.exitstatus = 1

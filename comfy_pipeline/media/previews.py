@@ -9,10 +9,12 @@ import io
 import math
 from pathlib import Path
 
+import ffmpeg  # ffmpeg-python: builds the ffmpeg command line
 from PIL import Image
 
-from comfy_pipeline.media.binaries import ffmpeg_path
+from comfy_pipeline.media.binaries import ffmpeg_command
 from comfy_pipeline.media.probe import (
+    QUIET,
     DECODE_TIMEOUT_S,
     MediaError,
     probe_image,
@@ -56,12 +58,12 @@ def _contact_sheet(path: Path, indices: list[int], width: int, height: int, colu
     The tile filter emits a single picture, so the output frame rate cannot duplicate or drop anything.
     """
     select = "+".join(f"eq(n\\,{n})" for n in indices)
+    sheet = ffmpeg.input(str(path)).output(
+        "-", map="0:V:0", vf=f"select='{select}',scale={width}:{height},tile={columns}x{rows}",
+        f="rawvideo", pix_fmt="rgb24", **{"frames:v": 1},
+    )
     result = run_tool(
-        [
-            ffmpeg_path(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:V:0",
-            "-vf", f"select='{select}',scale={width}:{height},tile={columns}x{rows}",
-            "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
-        ],
+        ffmpeg_command(sheet, *QUIET),
         path=path,
         timeout=DECODE_TIMEOUT_S,
     )

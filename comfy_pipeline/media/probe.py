@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import ffmpeg  # ffmpeg-python: builds the ffmpeg command lines
 from PIL import Image
 
-from comfy_pipeline.media.binaries import ffmpeg_path, ffprobe_path
+from comfy_pipeline.media.binaries import ffmpeg_command, ffprobe_path
+
+QUIET = ("-nostdin", "-v", "error")  # global options: no stdin, errors only (any error output is a failure)
 
 PROBE_TIMEOUT_S = 30.0
 # Decoding the last frame means decoding its whole group of pictures, which may be the whole clip.
@@ -269,14 +272,14 @@ def decode_first_and_last_frame(path: str | Path) -> None:
     which starts decoding at the last keyframe instead of at the beginning.
     """
     path = _existing_file(path)
-    decode = [ffmpeg_path(), "-nostdin", "-v", "error"]
-    stream = ["-map", "0:V:0", "-f", "framecrc", "-"]
+    frames = {"map": "0:V:0", "f": "framecrc"}  # a checksum line per decoded frame, on stdout
     first, last = run_tools(
         [
-            [*decode, "-threads", "1", "-i", str(path), "-frames:v", "1", *stream],  # one frame: no threads needed
+            # one frame: no decoder threads needed
+            ffmpeg_command(ffmpeg.input(str(path), threads=1).output("-", **frames, **{"frames:v": 1}), *QUIET),
             # 2 s before the end: short enough to be cheap, long enough to include the last frame even at
             # low frame rates (at 8 fps the last frame starts 0.125 s before the end).
-            [*decode, "-sseof", "-2", "-i", str(path), *stream],
+            ffmpeg_command(ffmpeg.input(str(path), sseof=-2).output("-", **frames), *QUIET),
         ],
         path=path,
         timeout=DECODE_TIMEOUT_S,

@@ -10,10 +10,11 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
+import ffmpeg  # ffmpeg-python: builds the encoder's command line
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from comfy_pipeline.media.binaries import ffmpeg_path
+from comfy_pipeline.media.binaries import ffmpeg_command
 from comfy_pipeline.simulator.values import Images
 
 LABEL = "ComfyUI simulator"
@@ -132,24 +133,21 @@ def encode_animated(images: Images, fps: float, image_format: str) -> bytes:
 
 
 # codec -> ffmpeg encoder arguments. H.264 like SaveVideo's mp4/auto, AV1 for SaveVideo webm, VP9 for SaveWEBM.
-ENCODERS: dict[str, list[str]] = {
-    "h264": ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "23"],
-    "av1": ["-c:v", "libaom-av1", "-cpu-used", "8", "-row-mt", "1", "-crf", "35", "-b:v", "0"],
-    "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-crf", "32", "-b:v", "0"],
+ENCODERS: dict[str, dict[str, object]] = {
+    "h264": {"c:v": "libx264", "preset": "ultrafast", "crf": 23},
+    "av1": {"c:v": "libaom-av1", "cpu-used": 8, "row-mt": 1, "crf": 35, "b:v": 0},
+    "vp9": {"c:v": "libvpx-vp9", "deadline": "realtime", "cpu-used": 8, "crf": 32, "b:v": 0},
 }
 
 
 def write_video(images: Images, fps: float, codec: str, destination: Path, container: str) -> None:
     """Encode every frame with ffmpeg (raw RGB on stdin) into `destination` (muxer `container`), yuv420p at `fps`."""
     rate = Fraction(fps).limit_denominator(1001)
-    command = [
-        ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{images.width}x{images.height}",
-        "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "-",
-        *ENCODERS[codec], "-pix_fmt", "yuv420p",
-        *(["-movflags", "+faststart"] if container == "mp4" else []),  # playable while downloading
-        "-f", container, str(destination),
-    ]
+    raw = ffmpeg.input("-", f="rawvideo", pix_fmt="rgb24", s=f"{images.width}x{images.height}",
+                       framerate=f"{rate.numerator}/{rate.denominator}")
+    muxing = {"movflags": "+faststart"} if container == "mp4" else {}  # playable while downloading
+    encode = raw.output(str(destination), **ENCODERS[codec], pix_fmt="yuv420p", f=container, **muxing)
+    command = ffmpeg_command(encode, "-hide_banner", "-loglevel", "error", "-y")
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None
     try:
