@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from comfy_pipeline.comfyui.errors import (
     ComfyUIError, NodeError, PromptLost, ServerError, ServerUnreachable, WorkflowValidationError,
 )
+from comfy_pipeline.workflows.compat import adapt_to_server
 from comfy_pipeline.workflows.preflight import preflight
 from comfy_pipeline.workflows.workflow import Workflow
 
@@ -68,15 +69,17 @@ class _InFlight:
 ProgressCallback = Callable[[Job, "ProgressEvent"], None]
 
 
-def preflight_jobs(client: "ComfyUIClient", jobs: list[Job]) -> None:
-    """Check every graph against the server's /object_info before any GPU time is spent."""
+def preflight_jobs(client: "ComfyUIClient", jobs: list[Job]) -> dict:
+    """Check every graph, adapted to the server's version, against its /object_info before any GPU time is
+    spent; the /object_info, for the submits."""
     object_info = client.object_info()
+    version = (client.system_stats().get("system") or {}).get("comfyui_version")
     for job in jobs:
         values = dict(job.values)
         if job.upload is not None:
             values.setdefault("image", f"{job.upload.name}")
-        graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
-        report = preflight(graph, object_info, workflow=job.workflow.name, source=client.url)
+        graph, _ = adapt_to_server(job.workflow.inject(values, filename_prefix=job.filename_prefix), object_info)
+        report = preflight(graph, object_info, workflow=job.workflow.name, source=client.url, server_version=version)
         if not report.ok:
             raise WorkflowValidationError(
                 f"pre-flight against {client.url} failed for {job.key}; nothing was submitted",
@@ -87,6 +90,7 @@ def preflight_jobs(client: "ComfyUIClient", jobs: list[Job]) -> None:
                 ],
                 workflow=job.workflow.name,
             )
+    return object_info
 
 
 def run_batch(
@@ -113,7 +117,7 @@ def run_batch(
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
-    preflight_jobs(client, jobs)
+    object_info = preflight_jobs(client, jobs)
     results = [JobResult(job) for job in jobs]
     pending = deque(results)
     in_flight: deque[_InFlight] = deque()
@@ -126,14 +130,14 @@ def run_batch(
                 if stop.is_set():
                     raise BatchInterrupted()
                 result = pending.popleft()
-                submitted = _submit(client, result, ledger=ledger)
+                submitted = _submit(client, result, object_info, ledger=ledger)
                 if submitted is not None:
                     in_flight.append(submitted)
                 elif isinstance(result.error, ServerUnreachable):
                     _fail_all(pending, result.error)
             if in_flight:
                 current = in_flight[0]  # stays listed until finished, so an interrupt cancels it too
-                _finish(client, current, (prompt_timeout, queue_timeout), on_progress, stop, logger)
+                _finish(client, current, (prompt_timeout, queue_timeout), on_progress, stop, logger, object_info)
                 in_flight.popleft()
                 if stop.is_set():
                     raise BatchInterrupted()
@@ -181,7 +185,7 @@ class _CancelOnStop:
         self._closed.set()
 
 
-def _submit(client: "ComfyUIClient", result: JobResult, prompt_id: str | None = None,
+def _submit(client: "ComfyUIClient", result: JobResult, object_info: dict, prompt_id: str | None = None,
             ledger: "PromptLedger | None" = None) -> _InFlight | None:
     """Upload, inject and queue the job (under `prompt_id` when given); None with result.error on failure."""
     job = result.job
@@ -191,7 +195,7 @@ def _submit(client: "ComfyUIClient", result: JobResult, prompt_id: str | None = 
             started = time.monotonic()
             values["image"] = client.upload_image(job.upload)
             result.timings["upload"] = time.monotonic() - started
-        graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
+        graph, _ = adapt_to_server(job.workflow.inject(values, filename_prefix=job.filename_prefix), object_info)
         submitted_at = time.time()
         if prompt_id is None:
             prompt_id = str(uuid.uuid4())
@@ -219,7 +223,8 @@ def _submit_once(client: "ComfyUIClient", graph: dict, prompt_id: str) -> str:
 
 
 def _finish(client: "ComfyUIClient", item: _InFlight, timeouts: tuple[float, float | None],
-            on_progress: ProgressCallback | None, stop: threading.Event, logger: logging.Logger) -> None:
+            on_progress: ProgressCallback | None, stop: threading.Event, logger: logging.Logger,
+            object_info: dict) -> None:
     result = item.result
     job = result.job
     callback = (lambda event: on_progress(job, event)) if on_progress else None
@@ -230,7 +235,7 @@ def _finish(client: "ComfyUIClient", item: _InFlight, timeouts: tuple[float, flo
         except PromptLost:
             if stop.is_set():  # we deleted it from the queue ourselves
                 raise
-            item = _resubmit(client, item, logger)
+            item = _resubmit(client, item, logger, object_info)
             if item is None:
                 return
             outcome = client.wait(result.prompt_id, timeout, on_progress=callback, queue_timeout=queue_timeout)
@@ -256,12 +261,12 @@ def _finish(client: "ComfyUIClient", item: _InFlight, timeouts: tuple[float, flo
         result.error = exc
 
 
-def _resubmit(client: "ComfyUIClient", item: _InFlight, logger: logging.Logger) -> _InFlight | None:
+def _resubmit(client: "ComfyUIClient", item: _InFlight, logger: logging.Logger, object_info: dict) -> _InFlight | None:
     """Submit a forgotten prompt once more under its own id (the client posts nothing if the server knows it)."""
     result = item.result
     logger.warning(f"ComfyUI forgot prompt {result.prompt_id} of {result.job.key} (server restart?); "
                    "submitting it once more under the same id")
-    return _submit(client, result, prompt_id=result.prompt_id)
+    return _submit(client, result, object_info, prompt_id=result.prompt_id)
 
 
 def _fail_all(pending: deque[JobResult], error: Exception) -> None:

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, str(exc))
 
     url = None if args.offline else (args.comfyui_url or os.environ.get("COMFYUI_URL") or None)
+    version = None
     if url is None:
         object_info, source = load_bundled_object_info(), OFFLINE_SOURCE
     else:
@@ -64,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
                 read_timeout=30.0,
             ) as client:
                 object_info, source = client.object_info(), client.url
+                version = (client.system_stats().get("system") or {}).get("comfyui_version")
         except (ComfyUIError, ValueError) as exc:
             return _fail(args, str(exc))
         if not isinstance(object_info, dict) or not object_info:
             return _fail(args, f"{source} answered /object_info with no node classes; is this a ComfyUI server?")
 
     # LoadImage's file is not checked: the pipeline uploads the input image right before it submits.
-    report = preflight(workflow.graph(), object_info, workflow=workflow.name, source=source)
+    report = preflight(workflow.graph(), object_info, workflow=workflow.name, source=source, server_version=version)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0 if report.ok else 1

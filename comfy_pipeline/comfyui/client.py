@@ -340,7 +340,10 @@ class ComfyUIClient:
         if prompt_id is None:
             prompt_id = str(uuid.uuid4())
         elif not _is_canonical_uuid(prompt_id):
-            raise ValueError(f"prompt_id {prompt_id!r} must be a lowercase hyphenated UUID (ComfyUI rejects others)")
+            # ComfyUI itself takes any string; this client only uses lowercase hyphenated UUIDs, the form
+            # str(uuid4()) gives, so that looking an id up after a lost answer finds it exactly as submitted.
+            raise ValueError(f"prompt_id {prompt_id!r} must be a lowercase hyphenated UUID: this client looks ids "
+                             "up after a lost answer and only uses that one spelling (e.g. str(uuid.uuid4())).")
         else:
             state = self.status(prompt_id)
             if state != "unknown":

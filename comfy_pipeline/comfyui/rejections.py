@@ -5,6 +5,7 @@ unknown node class as a top-level `missing_node_type` with empty `node_errors`; 
 The offline pre-flight builds the same kind of answer and reuses these functions.
 """
 
+import re
 from typing import Any
 
 from .errors import NodeError, WorkflowValidationError
@@ -131,6 +132,9 @@ def rejection_from_response(body: dict, *, workflow: str | None = None) -> Workf
     info = error.get("extra_info") or {}
     errors = node_errors_to_list(body.get("node_errors") or {})
 
+    older = _older_unknown_node(error)
+    if older:  # ComfyUI before missing_node_type: invalid_prompt "Cannot execute because node X does not exist."
+        kind, info = "missing_node_type", older
     if kind == "missing_node_type":
         node_id = str(info.get("node_id") or "?")
         class_type = info.get("class_type")
@@ -154,3 +158,18 @@ def rejection_from_response(body: dict, *, workflow: str | None = None) -> Workf
     else:
         summary = ": ".join(p for p in (error.get("message"), error.get("details")) if p) or "rejected"
     return WorkflowValidationError(summary, errors, workflow)
+
+
+_OLD_UNKNOWN_NODE = re.compile(r"Cannot execute because node (?P<class_type>.+) does not exist\.?$")
+_OLD_NODE_ID = re.compile(r"Node ID '#(?P<node_id>[^']+)'")
+
+
+def _older_unknown_node(error: dict) -> dict | None:
+    """extra_info of a missing_node_type answer, from the invalid_prompt shape that ComfyUI 0.8.x gives."""
+    if error.get("type") != "invalid_prompt":
+        return None
+    match = _OLD_UNKNOWN_NODE.match(str(error.get("message") or ""))
+    if not match:
+        return None
+    node = _OLD_NODE_ID.search(str(error.get("details") or ""))
+    return {"class_type": match["class_type"], "node_id": node["node_id"] if node else None}

@@ -47,7 +47,9 @@ def is_link(value: Any) -> bool:
 
 
 class OutputCache:
-    """Node outputs by signature, least recently used dropped first."""
+    """Node outputs by signature. Like ComfyUI's default (classic) cache, a prompt keeps only what its own nodes
+    can reuse: entries of nodes not in the prompt are dropped when it starts (`keep_only`). So after A, B, A
+    the third A runs again, unless B shared its nodes (checked against a real 0.33.0 server)."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[str, NodeResult] = OrderedDict()
@@ -63,6 +65,10 @@ class OutputCache:
         self._entries.move_to_end(signature)
         while len(self._entries) > CACHE_SIZE:
             self._entries.popitem(last=False)
+
+    def keep_only(self, wanted: set[str]) -> None:
+        for signature in [s for s in self._entries if s not in wanted]:
+            del self._entries[signature]
 
     def clear(self) -> None:
         self._entries.clear()
@@ -226,6 +232,7 @@ class PromptRun:
         prompt, env = self.item.prompt, self.env
         self.add_message("execution_start", {"prompt_id": self.prompt_id}, broadcast=False)
         node_signatures = signatures(prompt, env.input_dir)
+        env.cache.keep_only(set(node_signatures.values()))  # ComfyUI: set_prompt + clean_unused
         cached_nodes = [node_id for node_id in prompt if env.cache.get(node_signatures[node_id]) is not None]
         self.add_message("execution_cached", {"nodes": cached_nodes, "prompt_id": self.prompt_id}, broadcast=False)
 

@@ -14,8 +14,10 @@ from typing import Any
 from comfy_pipeline.comfyui.rejections import MODEL_EXTENSIONS, model_folder, node_errors_to_list
 from comfy_pipeline.comfyui.schema import load_bundled_object_info
 from comfy_pipeline.comfyui.validation import validate_prompt
+from comfy_pipeline.workflows.compat import adapt_to_server, declared_inputs
 
-KINDS = ("missing_node", "missing_model", "invalid_value", "broken_link", "missing_input", "other")
+KINDS = ("missing_node", "missing_model", "invalid_value", "broken_link", "missing_input", "version_mismatch", "other")
+TARGET_VERSION = "0.33.0"  # the ComfyUI whose /object_info is bundled: what the shipped workflows are made for
 
 # Class-name patterns of well-known custom node packs: (test, pack, repository).
 CUSTOM_NODE_PACKS: list[tuple[Callable[[str], bool], str, str]] = [
@@ -197,6 +199,7 @@ def preflight(
     workflow: str | None = None,
     source: str = "bundled schema",
     image_exists: Callable[[str], bool] = lambda name: True,
+    server_version: str | None = None,
 ) -> PreflightReport:
     """Check an API-format graph against an object_info the way the server would.
 
@@ -208,11 +211,13 @@ def preflight(
         report.problems.append(Problem("other", None, None, None, "the workflow is not a non-empty API-format graph",
                                        "Export it from ComfyUI with Export (API)."))
         return report
-    report.problems += _structural_problems(graph, object_info)
+    mismatch = functools.partial(_as_version_mismatch, object_info=object_info, server_version=server_version)
+    report.problems += [mismatch(p) for p in _structural_problems(graph, object_info)]
     if report.problems:  # the server would stop at the first of these; the rest is checked once they are fixed
         report.incomplete = True
         return report
 
+    graph, _ = adapt_to_server(graph, object_info)  # what the pipeline submits: version-dependent inputs renamed
     outcome = validate_prompt(graph, object_info, image_exists=image_exists)
     for node_id, entry in outcome.node_errors.items():
         class_type = str(entry.get("class_type") or graph.get(node_id, {}).get("class_type") or "?")
@@ -224,4 +229,39 @@ def preflight(
         text = ": ".join(str(p) for p in (error.get("message"), error.get("details")) if p) or str(error.get("type"))
         hint = "Add an output node (SaveImage, SaveVideo, ...)." if error.get("type") == "prompt_no_outputs" else ""
         report.problems.append(Problem("other", None, None, None, text, hint))
+    report.problems = [mismatch(problem) for problem in report.problems]
     return report
+
+
+def _input_shapes(object_info: dict, class_type: str) -> dict[str, str]:
+    """Input name -> its type ("COMBO" for a list of options, "COMFY_DYNAMICCOMBO_V3", "INT", ...)."""
+    shapes = {}
+    for name, declaration in declared_inputs(object_info, class_type).items():
+        kind = declaration[0] if isinstance(declaration, (list, tuple)) and declaration else None
+        shapes[name] = kind if isinstance(kind, str) else "COMBO"
+    return shapes
+
+
+def _shape(kind: str | None) -> str:
+    return {None: "absent", "COMFY_DYNAMICCOMBO_V3": "a dynamic combo", "COMBO": "a combo"}.get(kind, kind or "absent")
+
+
+def _as_version_mismatch(problem: Problem, object_info: dict, server_version: str | None) -> Problem:
+    """A problem in a node that the server declares differently from the ComfyUI the workflow was made for is a
+    version mismatch, and says so: re-exporting the same workflow would not help."""
+    if problem.kind in ("missing_model", "missing_node", "broken_link", "other") or not problem.class_type:
+        return problem  # a missing core node already says "update ComfyUI" (_missing_node_hint)
+    reference = load_bundled_object_info()
+    if problem.class_type not in reference:
+        return problem  # a custom node: its pack, not ComfyUI's version, is the cause
+    server_version = f"ComfyUI {server_version}" if server_version else "this server's ComfyUI"
+    theirs, ours = _input_shapes(object_info, problem.class_type), _input_shapes(reference, problem.class_type)
+    if theirs == ours:
+        return problem
+    differ = sorted(n for n in set(theirs) | set(ours) if theirs.get(n) != ours.get(n))
+    shown = "; ".join(f"{n}: {_shape(theirs.get(n))} on the server, {_shape(ours.get(n))} in {TARGET_VERSION}" for n in differ)
+    return Problem("version_mismatch", problem.node_id, problem.class_type, problem.input_name,
+                   f"{problem.message} -- the server's {problem.class_type} differs from ComfyUI {TARGET_VERSION}'s, "
+                   f"which the workflow was made for ({shown})",
+                   f"A ComfyUI version mismatch: update ComfyUI on the server to {TARGET_VERSION} or later, or "
+                   "use a workflow exported from the server's own version.")
