@@ -10,6 +10,7 @@ hash), so an identical resubmit runs nothing and re-sends the old files.
 """
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -29,9 +30,11 @@ from comfy_pipeline.simulator.graph_eval import (
     loader_file_hash,
 )
 from comfy_pipeline.simulator.queue import QueueItem
-from comfy_pipeline.simulator.values import Latent
+from comfy_pipeline.simulator.render import to_pixels
+from comfy_pipeline.simulator.values import Images, Latent
 
 CACHE_SIZE = 512
+EAGER_FRAMES = 4  # image batches up to this size are painted at their node; longer ones (video) when saved
 
 
 class Interrupted(Exception):
@@ -364,7 +367,15 @@ class PromptRun:
             sample=sample,
             send_binary=send_binary,
         )
-        return await evaluate(ctx, inputs)
+        result = await evaluate(ctx, inputs)
+        # Paint small batches (images, not video frames) at the node that makes them, as a real server computes
+        # each node's tensor: the work, and so an interrupt's next node boundary, falls where it does on ComfyUI.
+        outputs = []
+        for value in result.outputs:
+            if isinstance(value, Images) and value.count <= EAGER_FRAMES and value.source[0] != "pixels":
+                value = await loop.run_in_executor(None, to_pixels, value)
+            outputs.append(value)
+        return dataclasses.replace(result, outputs=tuple(outputs))
 
     async def spend_gpu_time(self, node_id: str, steps: int, seconds: float) -> None:
         """Sampler steps: progress + progress_state per step, interruptible at every step like a real sampler."""

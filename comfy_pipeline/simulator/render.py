@@ -54,6 +54,9 @@ def _paint(images: Images, index: int) -> Image.Image:
     if kind == "repeat":
         inner = args[0]
         return render_frame(inner, index % max(inner.count, 1))
+    if kind == "pixels":
+        frames = args[0]
+        return Image.frombytes("RGB", size, frames[index % len(frames)])
     if kind == "motion":
         canvas = _motion_canvas(images)
         progress = index / max(images.count - 1, 1)
@@ -61,6 +64,12 @@ def _paint(images: Images, index: int) -> Image.Image:
         top = round((canvas.height - images.height) * progress)
         return canvas.crop((left, top, left + images.width, top + images.height))
     raise ValueError(f"unknown image recipe {kind!r}")
+
+
+def to_pixels(images: Images) -> Images:
+    """The same batch with every frame painted now: what a real node returns (a tensor), not a recipe."""
+    frames = tuple(render_frame(images, index).tobytes() for index in range(images.count))
+    return Images(images.width, images.height, images.count, ("pixels", frames))
 
 
 def load_image_file(path: str) -> Image.Image:
