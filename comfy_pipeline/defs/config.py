@@ -7,7 +7,7 @@ Dagster checks the types; the ranges below are checked by the assets against the
 import dagster as dg
 from pydantic import Field
 
-from comfy_pipeline.workflows.prompts import PromptSpec
+from comfy_pipeline.workflows.prompts import IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptSpec
 
 
 class PromptSpecConfig(dg.Config):
@@ -32,7 +32,20 @@ class PromptConfig(dg.Config):
     use_library: bool = Field(default=False, description="Run every prompt of the shipped prompt library.")
 
 
+class ImageConfig(dg.Config):
+    workflow: str = Field(
+        default=IMAGE_WORKFLOW,
+        description="The workflow that makes the images: a name in workflows/ (or a path to an API-format JSON "
+        "with its .params.json map). The model-free smoke_image tests a deployment before the models are there.",
+    )
+
+
 class VideoConfig(dg.Config):
+    workflow: str = Field(
+        default=VIDEO_WORKFLOW,
+        description="The workflow that makes the videos: a name in workflows/ (or a path). The model-free "
+        "smoke_video tests a deployment before the models are there.",
+    )
     input_images: list[str] = Field(
         default_factory=list,
         description="Local images to animate (video_generation_job). Empty: the good images of generated_image (this "
