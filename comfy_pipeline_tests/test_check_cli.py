@@ -140,3 +140,30 @@ def test_resume_after_a_killed_check_skips_finished_tests(sim, tmp_path):
 
     summary = check(tmp_path, "--report")
     assert summary.returncode == 0 and "3/3" in summary.stdout and "100" in summary.stdout
+
+
+def test_full_pipeline_preflights_both_workflows_and_prints_every_problem_before_any_gpu_time(tmp_path):
+    with Simulator(data_dir=tmp_path / "sim", models={}) as bare:  # a server with no model files at all
+        proc = check(tmp_path, "--test-type", "full-pipeline", "--comfyui-url", bare.url, "--prompt", "a fox",
+                     *SMALL, "--json")
+        started = bare.started_prompts()
+    assert proc.returncode == 1, proc.stderr
+    assert started == []  # not even the image: the video workflow's problems are known up front
+    for workflow, model, folder in (("z_image_turbo_generation", "z_image_turbo_bf16.safetensors", "diffusion_models"),
+                                    ("ltx2_image_to_video", "ltx-2-spatial-upscaler-x2-1.0.safetensors",
+                                     "latent_upscale_models")):
+        assert f"pre-flight of {workflow} on {bare.url} failed" in proc.stderr
+        assert f"model file '{model}' is not in folder '{folder}'" in proc.stderr
+    (test,) = report_of(proc)["tests"]
+    assert "missing model: 3" in test["errors"][0] and "nothing was submitted" in test["errors"][0]
+
+
+def test_the_model_free_workflows_smoke_test_a_server_without_models(tmp_path):
+    with Simulator(data_dir=tmp_path / "sim", models={}, image_seconds=0.05, video_seconds=0.1) as bare:
+        proc = check(tmp_path, "--test-type", "full-pipeline", "--comfyui-url", bare.url, "--prompt", "smoke",
+                     "--workflows", "smoke_image,smoke_video", "--image-min-bytes", "100", "--video-min-bytes", "100",
+                     *SMALL, "--json")
+    assert proc.returncode == 0, proc.stderr
+    (test,) = report_of(proc)["tests"]
+    assert test["success"] and len(test["outputs"]) == 2
+    assert all(c["passed"] for c in test["checks"])

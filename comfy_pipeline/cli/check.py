@@ -24,9 +24,12 @@ from comfy_pipeline.batch import outputs
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
-from comfy_pipeline.workflows.prompts import PromptError, PromptSpec, check_specs, check_text, library_specs, specs_from_seed_prompts
+from comfy_pipeline.workflows.prompts import (
+    IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, check_text, library_specs,
+    specs_from_seed_prompts,
+)
 from comfy_pipeline.cli.session import SessionError, current_session
-from comfy_pipeline.workflows.workflow import WorkflowError
+from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
 TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")
 JOB_FOR_KIND = {
@@ -88,8 +91,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report", action="store_true", help="summarise the progress of the last check and exit")
     p.add_argument("--state-dir", type=Path, help="where progress is kept (default .comfy_pipeline/)")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    p.add_argument("--workflows", metavar="IMAGE[,VIDEO]",
+                   help="the workflows to test with (names in workflows/ or paths), e.g. smoke_image,smoke_video: "
+                   "the model-free pair that tests a deployment before its model files are in place")
+    p.add_argument("--image-min-bytes", type=_non_negative_int, help="smallest acceptable image (default 10240)")
+    p.add_argument("--video-min-bytes", type=_non_negative_int, help="smallest acceptable video (default 102400)")
     p.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     p.set_defaults(func=run)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more bytes, got {value}")
+    return value
+
+
+def chosen_workflows(args: argparse.Namespace) -> tuple[str, str]:
+    """(image workflow, video workflow) from --workflows; the official ones by default."""
+    names = [n.strip() for n in (args.workflows or "").split(",") if n.strip()]
+    if len(names) > 2:
+        raise UsageError(f"--workflows takes IMAGE[,VIDEO], got {len(names)} names: {args.workflows}")
+    return (names[0] if names else IMAGE_WORKFLOW), (names[1] if len(names) > 1 else VIDEO_WORKFLOW)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
         if backend_note:
             print(backend_note, file=sys.stderr)
         _require_reachable(url)
+        problems = preflight_on_server(url, tests, args)
         to_run = store.begin([t.name for t in tests], resume=args.resume)
         skipped = len(tests) - len(to_run)
         if skipped:
@@ -125,7 +152,9 @@ def _run(args: argparse.Namespace) -> int:
         with _instance() as instance:
             for test in (t for t in tests if t.name in to_run):
                 print(f"== {test.name} ({test.kind}) ==", file=sys.stderr)
-                result = run_test(test, url, args, instance)
+                blocked = [line for kind, line in problems if kind in _WORKFLOW_KINDS[test.kind]]
+                result = (TestResult(test.name, test.kind, False, 0.0, errors=[blocked[0]]) if blocked
+                          else run_test(test, url, args, instance))
                 results.append(result)
                 store.record(test.name, success=result.success, duration=result.duration, details=_details(result))
                 _print_line(result)
@@ -173,19 +202,26 @@ def run_test(test: Test, url: str, args: argparse.Namespace, instance: Any) -> T
 
 def _run_config(test: Test, url: str, args: argparse.Namespace) -> dict:
     comfy = {"url": url, "output_dir": str(Path(args.output_dir).resolve()), "prompt_timeout": args.timeout}
+    thresholds = {key: getattr(args, key) for key in ("image_min_bytes", "video_min_bytes")
+                  if getattr(args, key) is not None}
     config: dict[str, Any] = {
-        "resources": {"comfy": {"config": comfy}},
+        "resources": {"comfy": {"config": comfy}, **({"quality": {"config": thresholds}} if thresholds else {})},
         "loggers": {"progress": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}},
         "ops": {},
     }
+    image_workflow, video_workflow = chosen_workflows(args)
+    if test.kind in ("image", "pipeline"):
+        config["ops"]["generated_image"] = {"config": {"workflow": image_workflow}}
     spec = test.spec
     if test.kind in ("image", "pipeline"):
         config["ops"]["prompt"] = {"config": {"prompts": [_spec_config(spec)]}}
     if test.kind == "video":
         config["ops"]["ltx2_video"] = {
             "config": {"input_images": [str(test.image)], "motion_prompt": spec.motion_prompt or spec.text,
-                       "seed": spec.seed, "frames": spec.frames, "fps": spec.fps}
+                       "seed": spec.seed, "frames": spec.frames, "fps": spec.fps, "workflow": video_workflow}
         }
+    if test.kind == "pipeline":
+        config["ops"]["ltx2_video"] = {"config": {"workflow": video_workflow}}
     return config
 
 
@@ -287,6 +323,43 @@ def _server(args: argparse.Namespace):
             "*** No --comfyui-url / COMFYUI_URL and no running session: checking the EMBEDDED SIMULATOR at "
             f"{sim.url}. Its pictures are placeholders; nothing here says anything about a GPU server. ***"
         )
+
+
+_WORKFLOW_KINDS = {"connection": (), "image": ("image",), "video": ("video",), "pipeline": ("image", "video")}
+
+
+def preflight_on_server(url: str, tests: list[Test], args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Pre-flight every workflow the planned tests need against the server, before any GPU time, and print what
+    is wrong on the terminal: missing models with their folders, missing nodes, version mismatches. Returns
+    (workflow kind, one-line summary) per workflow that would fail; its tests fail without being run."""
+    from comfy_pipeline.workflows.compat import adapt_to_server
+    from comfy_pipeline.workflows.preflight import preflight
+
+    needed = {kind for test in tests for kind in _WORKFLOW_KINDS[test.kind]}
+    if not needed:
+        return []
+    image_name, video_name = chosen_workflows(args)
+    with ComfyUIClient(url, token=os.environ.get("COMFYUI_TOKEN"), username=os.environ.get("COMFYUI_USERNAME"),
+                       password=os.environ.get("COMFYUI_PASSWORD"), connect_timeout=5.0, read_timeout=30.0) as client:
+        object_info = client.object_info()
+        version = (client.system_stats().get("system") or {}).get("comfyui_version")
+    failing = []
+    for kind, name in (("image", image_name), ("video", video_name)):
+        if kind not in needed:
+            continue
+        workflow = load_workflow(name)
+        values = {"image": "start.png"} if "image" in workflow.params else {}
+        graph, _ = adapt_to_server(workflow.inject(values, filename_prefix="comfy_pipeline/preflight"), object_info)
+        report = preflight(graph, object_info, workflow=workflow.name, source=redact_url(url), server_version=version)
+        if report.ok:
+            continue
+        print(f"pre-flight of {workflow.name} on {redact_url(url)} failed; its tests are not run:", file=sys.stderr)
+        for problem in report.problems:
+            print("  " + problem.format().replace("\n", "\n  "), file=sys.stderr)
+        counts = ", ".join(f"{k.replace('_', ' ')}: {sum(p.kind == k for p in report.problems)}"
+                           for k in dict.fromkeys(p.kind for p in report.problems))
+        failing.append((kind, f"pre-flight of {workflow.name} failed ({counts}); nothing was submitted"))
+    return failing
 
 
 def _require_reachable(url: str) -> None:
