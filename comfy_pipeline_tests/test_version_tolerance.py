@@ -68,13 +68,15 @@ def test_a_remaining_difference_is_named_a_version_mismatch():
 
 
 @pytest.mark.parametrize("body", [
-    # ComfyUI 0.33.0
-    {"error": {"type": "missing_node_type", "message": "Node 'UnetLoaderGGUF' not found",
-               "details": "Node ID '#57:28'", "extra_info": {"node_id": "57:28", "class_type": "UnetLoaderGGUF"}},
+    # What real servers answered here (HTTP 400), with the class and node id changed. ComfyUI 0.33.0:
+    {"error": {"type": "missing_node_type",
+               "message": "Node 'UnetLoaderGGUF' not found. The custom node may not be installed.",
+               "details": "Node ID '#57:28'",
+               "extra_info": {"node_id": "57:28", "class_type": "UnetLoaderGGUF", "node_title": "UnetLoaderGGUF"}},
      "node_errors": {}},
-    # ComfyUI 0.8.0
+    # ComfyUI 0.8.0:
     {"error": {"type": "invalid_prompt", "message": "Cannot execute because node UnetLoaderGGUF does not exist.",
-               "details": "Node ID '#57:28'", "extra_info": {}}, "node_errors": []},
+               "details": "Node ID '#57:28'", "extra_info": {}}, "node_errors": {}},
 ], ids=["0.33.0", "0.8.0"])
 def test_both_unknown_node_answers_name_the_node_and_its_class(body):
     error = rejection_from_response(body, workflow="z_image_turbo_generation")

@@ -342,8 +342,9 @@ class ComfyUIClient:
         elif not _is_canonical_uuid(prompt_id):
             # ComfyUI itself takes any string; this client only uses lowercase hyphenated UUIDs, the form
             # str(uuid4()) gives, so that looking an id up after a lost answer finds it exactly as submitted.
-            raise ValueError(f"prompt_id {prompt_id!r} must be a lowercase hyphenated UUID: this client looks ids "
-                             "up after a lost answer and only uses that one spelling (e.g. str(uuid.uuid4())).")
+            raise ValueError(f"prompt_id {prompt_id!r} must be a lowercase hyphenated UUID, as str(uuid.uuid4()) "
+                             "gives: ComfyUI 0.33 refuses other forms (0.8 takes them), and this client looks ids up "
+                             "exactly as submitted.")
         else:
             state = self.status(prompt_id)
             if state != "unknown":
