@@ -64,7 +64,7 @@ def test_names_paths_and_the_env_variable(folder, monkeypatch):
     monkeypatch.setenv(ENV_DIR, str(folder))
     assert workflows_dir() == folder
     (folder / "extra.json").write_text((folder / f"{Z}.json").read_text())
-    assert list_workflows() == ["extra", LTX, Z]
+    assert list_workflows() == ["extra", LTX, "smoke_image", "smoke_video", Z]
     assert load_workflow(LTX).path.parent == folder.resolve()
 
 

@@ -339,8 +339,7 @@ def preflight_on_server(url: str, tests: list[Test], args: argparse.Namespace) -
     if not needed:
         return []
     image_name, video_name = chosen_workflows(args)
-    with ComfyUIClient(url, token=os.environ.get("COMFYUI_TOKEN"), username=os.environ.get("COMFYUI_USERNAME"),
-                       password=os.environ.get("COMFYUI_PASSWORD"), connect_timeout=5.0, read_timeout=30.0) as client:
+    with _client(url, read_timeout=30.0) as client:
         object_info = client.object_info()
         version = (client.system_stats().get("system") or {}).get("comfyui_version")
     failing = []
@@ -362,9 +361,14 @@ def preflight_on_server(url: str, tests: list[Test], args: argparse.Namespace) -
     return failing
 
 
+def _client(url: str, *, read_timeout: float) -> ComfyUIClient:
+    """A client for the check's own calls, with the credentials from the environment."""
+    return ComfyUIClient(url, token=os.environ.get("COMFYUI_TOKEN"), username=os.environ.get("COMFYUI_USERNAME"),
+                         password=os.environ.get("COMFYUI_PASSWORD"), connect_timeout=5.0, read_timeout=read_timeout)
+
+
 def _require_reachable(url: str) -> None:
-    with ComfyUIClient(url, token=os.environ.get("COMFYUI_TOKEN"), username=os.environ.get("COMFYUI_USERNAME"),
-                       password=os.environ.get("COMFYUI_PASSWORD"), connect_timeout=5.0, read_timeout=10.0) as client:
+    with _client(url, read_timeout=10.0) as client:
         health = client.health()
     if not health["ok"]:
         raise UsageError(f"cannot reach ComfyUI at {redact_url(url)}: {health['error']}. Start the server or fix "
