@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from comfy_pipeline.batch import outputs
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
@@ -201,7 +202,10 @@ def run_test(test: Test, url: str, args: argparse.Namespace, instance: Any) -> T
 
 
 def _run_config(test: Test, url: str, args: argparse.Namespace) -> dict:
-    comfy = {"url": url, "output_dir": str(Path(args.output_dir).resolve()), "prompt_timeout": args.timeout}
+    # Run config is stored in the run database as it is: never a credential in it. User and password in the
+    # URL go to the environment (the resource reads them there), the URL without them to the config.
+    comfy = {"url": credentials_to_environment(url), "output_dir": str(Path(args.output_dir).resolve()),
+             "prompt_timeout": args.timeout}
     thresholds = {key: getattr(args, key) for key in ("image_min_bytes", "video_min_bytes")
                   if getattr(args, key) is not None}
     config: dict[str, Any] = {
@@ -323,6 +327,16 @@ def _server(args: argparse.Namespace):
             "*** No --comfyui-url / COMFYUI_URL and no running session: checking the EMBEDDED SIMULATOR at "
             f"{sim.url}. Its pictures are placeholders; nothing here says anything about a GPU server. ***"
         )
+
+
+def credentials_to_environment(url: str) -> str:
+    """`url` without user info; a user and password found in it are set as COMFYUI_USERNAME / COMFYUI_PASSWORD."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url
+    os.environ["COMFYUI_USERNAME"] = unquote(parts.username)
+    os.environ["COMFYUI_PASSWORD"] = unquote(parts.password or "")
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 _WORKFLOW_KINDS = {"connection": (), "image": ("image",), "video": ("video",), "pipeline": ("image", "video")}

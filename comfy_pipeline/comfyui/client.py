@@ -46,7 +46,7 @@ from .errors import (
 )
 from .events import DISCONNECTED, EventListener, ProgressEvent
 from .files import OutputFile
-from .redaction import redact_url, scrub
+from .redaction import redact_url, scrub, scrub_json
 from .rejections import rejection_from_response
 
 GET_RETRY_DELAYS = (0.2, 0.5, 1.0)  # 5xx and resets, idempotent calls only; POST /prompt is never retried
@@ -236,7 +236,8 @@ class ComfyUIClient:
     def _check_5xx(self, response: requests.Response, method: str, path: str) -> requests.Response:
         if response.status_code >= 500:
             # ComfyUI's generic answer is text/plain "500 Internal Server Error\n\nServer got itself in trouble".
-            body = self._clean(response.text[:300].strip().replace("\n\n", ": ").replace("\n", " "))
+            # Redact first, then cut: a cut made first can leave the start of an echoed token behind.
+            body = self._clean(response.text[:65536])[:300].strip().replace("\n\n", ": ").replace("\n", " ")
             raise ServerError(
                 f"ComfyUI at {self.url} failed on {method} {path} with HTTP {response.status_code} ({body!r}). "
                 "The request was malformed or the server hit a bug: look at the ComfyUI server log.",
@@ -246,11 +247,11 @@ class ComfyUIClient:
 
     def _json(self, response: requests.Response, what: str) -> Any:
         try:
-            return response.json()
+            return scrub_json(response.json(), self._secrets)  # the one door server JSON comes in by
         except ValueError:
             raise ServerError(
                 f"ComfyUI at {self.url} answered {what} with HTTP {response.status_code} and a body that is not "
-                f"JSON ({self._clean(response.text[:200])!r}); is this really a ComfyUI server?",
+                f"JSON ({self._clean(response.text[:65536])[:200]!r}); is this really a ComfyUI server?",
                 status=response.status_code,
             ) from None
 
@@ -394,7 +395,7 @@ class ComfyUIClient:
             raise rejection_from_response(answer)
         if response.status_code != 200 or not isinstance(answer, dict):
             raise ServerError(f"ComfyUI at {self.url} answered POST /prompt with HTTP {response.status_code}: "
-                              f"{self._clean(str(answer)[:200])}", status=response.status_code)
+                              f"{self._clean(str(answer)[:65536])[:200]}", status=response.status_code)
         return answer
 
     def _confirm_submitted(self, prompt_id: str, exc: Exception) -> str:

@@ -10,14 +10,16 @@ import json
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import websocket
 
-from .redaction import scrub
+from .redaction import redact_url, scrub, scrub_json
 
 # Events that belong to one prompt and are routed by their prompt_id.
 PROMPT_EVENTS = {
@@ -121,9 +123,18 @@ class EventListener:
         backoff = 0.2
         while not self._stop.is_set():
             try:
+                # The same policy as the HTTP calls: no proxy from the environment (the credentials would go through
+                # it: our own socket to the configured host is the only way websocket-client skips them) and no
+                # redirect (the credentials would be sent again to wherever the server points).
                 ws = websocket.create_connection(
-                    self._ws_url, header=self._headers, timeout=self._connect_timeout, enable_multithread=True
+                    self._ws_url, header=self._headers, timeout=self._connect_timeout, enable_multithread=True,
+                    socket=self._open_socket(), redirect_limit=0,
                 )
+                if ws.getstatus() != 101:
+                    where = (ws.getheaders() or {}).get("location", "?")
+                    ws.shutdown()
+                    raise ConnectionError(f"the WebSocket handshake answered HTTP {ws.getstatus()} (a redirect to "
+                                          f"{redact_url(where)}); redirects are not followed")
             except Exception as exc:  # refused, 401, TLS, ...: keep trying, waiters poll meanwhile
                 self._log.debug("WebSocket to %s not connected (%s); retrying in %.1f s",
                                 self._display_url, self._clean(exc), backoff)
@@ -151,6 +162,16 @@ class EventListener:
                     pass
                 self._broadcast(DISCONNECTED)
 
+    def _open_socket(self) -> socket.socket:
+        """A TCP (TLS for wss) connection straight to the configured host and port."""
+        parts = urlsplit(self._ws_url)
+        secure = parts.scheme == "wss"
+        host, port = parts.hostname or "", parts.port or (443 if secure else 80)
+        sock = socket.create_connection((host, port), timeout=self._connect_timeout)
+        if secure:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        return sock
+
     def _read(self, ws: websocket.WebSocket) -> None:
         ws.settimeout(1.0)
         last_frame = time.monotonic()
@@ -176,7 +197,7 @@ class EventListener:
 
     def _dispatch(self, data: bytes | str) -> None:
         try:
-            message = json.loads(data)
+            message = scrub_json(json.loads(data), self._secrets)
             kind, payload = message["type"], message.get("data") or {}
         except (ValueError, KeyError, TypeError):
             self._log.debug("ignoring a WebSocket message that is not ComfyUI JSON")

@@ -67,6 +67,11 @@ class ComfyUIResource(dg.ConfigurableResource):
             return {k: v or None for k, v in configured.items()}
         return {k: os.environ.get(f"COMFYUI_{k.upper()}") or None for k in configured}
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is not None:
+            refuse_secrets_in_run_config(run.run_config)
+
     def configured_url(self) -> str | None:
         """The server's URL from config, the environment or a running `comfy-pipeline server` session; None
         means the embedded simulator."""
@@ -127,6 +132,31 @@ class ComfyUIResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
+
+
+SECRET_FIELDS = {"token": "COMFYUI_TOKEN", "password": "COMFYUI_PASSWORD"}
+
+
+def refuse_secrets_in_run_config(run_config: dict) -> None:
+    """Dagster stores run config in its run database as it is, so a credential written there is readable by
+    anyone who can read runs. Refuse it (the run fails before it talks to any server) and name the variable."""
+    config = (((run_config or {}).get("resources") or {}).get("comfy") or {}).get("config") or {}
+    for field, variable in SECRET_FIELDS.items():
+        if isinstance(config.get(field), str) and config[field]:
+            raise dg.Failure(
+                description=f"resources.comfy.config.{field} holds a secret in the run config, which Dagster "
+                f"stores in plain text: remove it and set the environment variable {variable} instead "
+                f"(or write {{env: {variable}}}).",
+                allow_retries=False,
+            )
+    url = config.get("url")
+    if isinstance(url, str) and urlsplit(url if "://" in url else f"http://{url}").username is not None:
+        raise dg.Failure(
+            description=f"resources.comfy.config.url carries a user and password ({redact_url(url)}), and run "
+            "config is stored in plain text: give the URL without them and set COMFYUI_USERNAME and "
+            "COMFYUI_PASSWORD in the environment.",
+            allow_retries=False,
+        )
 
 
 def gpu_pool(url: str | None = None) -> str:

@@ -1,0 +1,53 @@
+"""A small HTTP server that misbehaves on purpose, in its own thread on loopback: it records every request it
+gets (so a test can see which credentials reached it) and answers each path the way a test tells it to."""
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# path -> (status, headers, body); or a callable(handler) that writes the whole answer itself
+Answer = tuple[int, dict[str, str], bytes] | Callable[[BaseHTTPRequestHandler], None]
+
+
+class HostileServer:
+    def __init__(self, answers: dict[str, Answer] | None = None):
+        self.answers: dict[str, Answer] = dict(answers or {})
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _answer(self) -> None:
+                server.requests.append((self.command, self.path, dict(self.headers)))
+                answer = server.answers.get(self.path.split("?")[0], (404, {}, b"not here"))
+                if callable(answer):
+                    answer(self)
+                    return
+                status, headers, body = answer
+                self.send_response(status)
+                for key, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "HostileServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def saw(self, text: str) -> bool:
+        """Did any request carry `text` in a header or its path?"""
+        return any(text in path or any(text in v for v in headers.values()) for _, path, headers in self.requests)
