@@ -19,6 +19,8 @@ from comfy_pipeline.simulator import Simulator
 # retry proves the same behaviour (set before the definitions load: the RetryPolicy is built then).
 os.environ.setdefault("COMFY_PIPELINE_STEP_RETRIES", "1")
 os.environ.setdefault("COMFY_PIPELINE_RETRY_DELAY_S", "0.2")
+# Inbox files written by a test are complete at once; the settle period has tests of its own.
+os.environ.setdefault("COMFY_PIPELINE_INBOX_SETTLE_S", "0")
 
 CAPTURES = Path(__file__).parent / "fixtures" / "captures"
 

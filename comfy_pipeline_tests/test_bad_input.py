@@ -115,7 +115,7 @@ CHECK_CASES = [
      ["p.json: not valid UTF-8 (byte 26)", "save it as UTF-8"]),
     ("invalid JSON", ["--prompts-file", "p.json"], {"p.json": b'{"image_generation": ["x",'}, ["invalid JSON at line 1, column 27: Expecting value"]),
     ("unknown spec key", ["--prompts-file", "p.json"], {"p.json": spec_file({"txt": "x"})}, ["unknown key(s) ['txt']", "allowed:"]),
-    ("prompts file is a folder", ["--prompts-file", "."], {}, ["--prompts-file .: cannot be read"]),
+    ("prompts file is a folder", ["--prompts-file", "."], {}, ["--prompts-file .: not a regular file"]),
     ("width 1000", ["--prompts-file", "p.json"], {"p.json": spec_file({"text": "x", "width": 1000})},
      ["parameter 'width' = 1000", "a multiple of 16", "nearest allowed value is 992"]),
     ("height 100", ["--prompts-file", "p.json"], {"p.json": spec_file({"text": "x", "height": 100})},
@@ -337,7 +337,7 @@ def evaluate_inbox(instance, output_dir: Path, url: str):
 
 
 @pytest.mark.parametrize("dropped, expected", [c[1:] for c in INBOX_CASES], ids=[c[0] for c in INBOX_CASES])
-def test_inbox_sensor_skips_and_keeps_the_file(dropped, expected, guard, sensor_instance, tmp_path):
+def test_inbox_sensor_skips_and_sets_the_file_aside(dropped, expected, guard, sensor_instance, tmp_path):
     inbox = tmp_path / "out" / "inbox"
     inbox.mkdir(parents=True)
     for name, data in dropped.items():
@@ -348,7 +348,17 @@ def test_inbox_sensor_skips_and_keeps_the_file(dropped, expected, guard, sensor_
     for fragment in expected:
         assert fragment in result.skip_message
     assert "Traceback" not in result.skip_message
-    assert snapshot(tmp_path / "out") == before  # the file stays as dropped, for the user to fix
+    # Each dropped file is set aside as it was, for the user to fix, with a note saying why: reported once.
+    after = snapshot(tmp_path / "out")
+    for name, digest in before.items():
+        if digest == "dir":
+            continue
+        (moved,) = [k for k in after if k.startswith("inbox/rejected/") and k.endswith("_" + name.split("/")[-1])]
+        assert after[moved] == digest
+    assert len([k for k in after if k.endswith(".reason.txt")]) == 1  # one note per rejected prompt file
+    assert not [k for k in after if k.startswith("inbox/") and k.count("/") == 1 and after[k] != "dir"]
+    assert "moved to rejected/" in result.skip_message
+    assert not isinstance(evaluate_inbox(sensor_instance, tmp_path / "out", guard.url), dg.SensorResult)
     assert guard.busy_intervals() == []
 
 

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -26,8 +27,8 @@ from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
 from comfy_pipeline.workflows.prompts import (
-    IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, check_text, library_specs,
-    specs_from_seed_prompts,
+    IMAGE_WORKFLOW, MAX_PROMPT_FILE_BYTES, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, check_text,
+    library_specs, load_json_bounded, specs_from_seed_prompts,
 )
 from comfy_pipeline.cli.session import SessionError, current_session
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
@@ -284,19 +285,28 @@ def _specs(args: argparse.Namespace) -> list[PromptSpec]:
 
 
 def _read_prompts_file(path: Path) -> list[PromptSpec]:
+    """The seed's prompts.json: a regular file (a FIFO would block), bounded in size and nesting."""
+    where = f"--prompts-file {path}"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"{where}: not a regular file; give the path of a prompts.json")
+    if info.st_size > MAX_PROMPT_FILE_BYTES:
+        raise UsageError(f"{where}: {info.st_size:,} bytes is too big (limit {MAX_PROMPT_FILE_BYTES:,})")
     try:
         text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UsageError(f"--prompts-file {path}: no such file") from None
     except OSError as exc:
-        raise UsageError(f"--prompts-file {path}: cannot be read ({exc.strerror})") from None
+        raise UsageError(f"{where}: cannot be read ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"--prompts-file {path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from None
+        raise UsageError(f"{where}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from None
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--prompts-file {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    return specs_from_seed_prompts(raw, f"--prompts-file {path.name}")
+        return specs_from_seed_prompts(load_json_bounded(text, where), f"--prompts-file {path.name}")
+    except (TypeError, AttributeError, ValueError) as exc:  # a wrong shape the spec reader did not foresee
+        raise UsageError(f"{where}: not a prompts.json ({exc})") from None
 
 
 def _require_image(path: Path) -> None:

@@ -2,12 +2,13 @@
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 import dagster as dg
 
-from comfy_pipeline.batch import ledger, outputs
+from comfy_pipeline.batch import inbox, ledger, outputs
 from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.comfyui.redaction import scrub
 from comfy_pipeline.defs.jobs import image_to_video_job, video_generation_job
@@ -16,21 +17,11 @@ from comfy_pipeline.workflows.prompts import PromptError, check_specs, read_prom
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.workflows.workflow import WorkflowError
 
-PROMPT_SUFFIXES = (".txt", ".json")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 FAILURES_LOG = "failures.jsonl"
 
 
 def inbox_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "inbox"
-
-
-def _beside_image(prompt_file: Path) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        for candidate in (prompt_file.with_suffix(suffix), prompt_file.with_suffix(suffix.upper())):
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 def inbox_run_request(prompt_file: Path) -> dg.RunRequest:
@@ -39,7 +30,7 @@ def inbox_run_request(prompt_file: Path) -> dg.RunRequest:
     run that would fail on its values never starts."""
     specs = check_specs(read_prompt_file(prompt_file))
     digest = hashlib.sha256(prompt_file.read_bytes())
-    image = _beside_image(prompt_file)
+    image = inbox.image_beside(prompt_file)
     tags = {"comfy_pipeline/inbox_file": prompt_file.name}
     if image is not None:
         try:
@@ -85,21 +76,38 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
     breaker = breaker_state(context.instance, comfy.output_path)
     if breaker.open:
         return dg.SkipReason(breaker.message)
-    inbox = inbox_dir(comfy.output_path)
-    inbox.mkdir(parents=True, exist_ok=True)
+    folder = inbox_dir(comfy.output_path)
+    if folder.exists() and not folder.is_dir():
+        return dg.SkipReason(f"{folder} is not a folder: remove it, or set the output folder elsewhere, so the inbox "
+                             "can be created there.")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        handled = json.loads(context.cursor) if context.cursor else {}
+    except ValueError:
+        handled = {}
+    settle = float(os.environ.get("COMFY_PIPELINE_INBOX_SETTLE_S", inbox.SETTLE_S))
+    found = inbox.scan(folder, handled if isinstance(handled, dict) else {}, settle=settle)
     requests, problems = [], []
-    for path in sorted(inbox.iterdir()):
-        if path.suffix.lower() not in PROMPT_SUFFIXES or not path.is_file() or path.name.startswith("."):
-            continue
+    for path in found.ready:
         try:
             requests.append(inbox_run_request(path))
-        except (PromptError, WorkflowError) as exc:
-            problems.append(str(exc) if str(exc).startswith(path.name) else f"{path.name}: {exc}")
+            inbox.mark_handled(found, path)
+        except Exception as exc:  # any bad file, however bad, is set aside: it must never block the others
+            reason = str(exc) if isinstance(exc, (PromptError, WorkflowError)) else f"{type(exc).__name__}: {exc}"
+            reason = reason if reason.startswith(path.name) else f"{path.name}: {reason}"
+            try:
+                inbox.reject(path, reason)
+                problems.append(f"{reason} (moved to {inbox.REJECTED}/)")
+            except OSError as move_error:
+                inbox.mark_handled(found, path)  # cannot move it: remember it, so it is reported once
+                problems.append(f"{reason} (could not move it aside: {move_error.strerror})")
+    context.update_cursor(json.dumps(found.cursor))
     for problem in problems:
         context.log.warning(f"skipped inbox file {problem}")
     if not requests:
-        reason = "; ".join(problems) if problems else f"no prompt files in {inbox}"
-        return dg.SkipReason(reason)
+        reasons = problems + [f"{name}: still being written; taken once unchanged for {settle:g} s"
+                              for name in found.waiting]
+        return dg.SkipReason("; ".join(reasons) if reasons else f"no new prompt files in {folder}")
     return dg.SensorResult(run_requests=requests)
 
 

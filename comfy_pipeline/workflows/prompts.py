@@ -5,6 +5,7 @@ these functions, so every entry point gives the same error for the same bad inpu
 """
 
 import json
+import stat
 import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -17,6 +18,8 @@ IMAGE_WORKFLOW = "z_image_turbo_generation"
 VIDEO_WORKFLOW = "ltx2_image_to_video"
 MAX_PROMPT_CHARS = 10_000
 MAX_PROMPT_FILE_BYTES = 1_000_000
+MAX_PROMPTS_PER_FILE = 200  # one run's batch; more belongs in several files (or runs)
+MAX_JSON_DEPTH = 20
 
 
 class PromptError(ValueError):
@@ -144,12 +147,40 @@ def specs_from_seed_prompts(raw: Any, where: str) -> list[PromptSpec]:
     return specs
 
 
-def read_prompt_file(path: Path) -> list[PromptSpec]:
-    """`.txt`: the whole file is one prompt. `.json`: a spec, a list of specs, or the seed's prompts.json."""
+def load_json_bounded(text: str, where: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads for files people and programs drop on us: a clear PromptError for bad JSON and for nesting
+    deeper than `max_depth` (which would otherwise end in a RecursionError)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:  # bound the nesting before the parser recurses into it
+        if in_string:
+            escaped, in_string = (not escaped and char == "\\"), in_string and (escaped or char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise PromptError(f"{where}: JSON nested deeper than {max_depth} levels; prompt specs are flat.")
+        elif char in "]}":
+            depth -= 1
     try:
-        size = path.stat().st_size
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PromptError(f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
+
+
+def read_prompt_file(path: Path) -> list[PromptSpec]:
+    """`.txt`: the whole file is one prompt. `.json`: a spec, a list of specs, or the seed's prompts.json.
+    Only a regular file (not a FIFO, a device or a folder), at most MAX_PROMPT_FILE_BYTES, at most
+    MAX_PROMPTS_PER_FILE prompts."""
+    try:
+        info = path.stat()
     except OSError as exc:
         raise PromptError(f"{path.name}: cannot be read ({exc.strerror}).") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise PromptError(f"{path}: not a regular file; give the path of a .txt or .json prompt file.")
+    size = info.st_size
     if size > MAX_PROMPT_FILE_BYTES:
         raise PromptError(f"{path.name}: {size:,} bytes is too big for a prompt file (limit {MAX_PROMPT_FILE_BYTES:,}).")
     try:
@@ -165,12 +196,7 @@ def read_prompt_file(path: Path) -> list[PromptSpec]:
             raise PromptError(f"{path.name}: {exc}") from None
     if path.suffix.lower() != ".json":
         raise PromptError(f"{path.name}: prompt files must end in .txt (one prompt) or .json (prompt specs).")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PromptError(
-            f"{path.name}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}."
-        ) from None
+    raw = load_json_bounded(text, path.name)
     if isinstance(raw, dict) and "image_generation" in raw:
         specs = specs_from_seed_prompts(raw, path.name)
     elif isinstance(raw, list):
@@ -179,4 +205,7 @@ def read_prompt_file(path: Path) -> list[PromptSpec]:
         specs = [spec_from_mapping(item, f"{path.name}, item {i}") for i, item in enumerate(raw)]
     else:
         specs = [spec_from_mapping(raw, path.name)]
+    if len(specs) > MAX_PROMPTS_PER_FILE:
+        raise PromptError(f"{path.name}: {len(specs):,} prompts in one file; the limit is {MAX_PROMPTS_PER_FILE} "
+                          "(split it into several files).")
     return [PromptSpec(**{**s.to_dict(), "extra": {"source": path.name}}) for s in specs]
