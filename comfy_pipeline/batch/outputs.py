@@ -11,10 +11,14 @@ import re
 import tempfile
 import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from comfy_pipeline.comfyui.files import FILE_MODE
+
 KINDS = ("images", "videos", "reports")
+STALE_PART_S = 3600  # a .part file untouched this long belongs to a download that died
 
 
 class OutputPathError(ValueError):
@@ -65,6 +69,7 @@ def write_atomic(path: Path, data: bytes, *, replace: bool = False) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes it 0600; an output follows the umask like any file
         # os.link fails if the target exists, unlike os.replace: that is the no-overwrite guarantee.
         os.replace(tmp, path) if replace else os.link(tmp, path)
     except FileExistsError:
@@ -90,3 +95,20 @@ def append_line(path: Path, line: str) -> None:
         os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
     finally:
         os.close(fd)
+
+
+def remove_stale_parts(output_dir: str | Path, run_ended: Callable[[str], bool]) -> list[Path]:
+    """Delete the hidden `.part` files that dead runs left in their run folders (a `kill -9` mid-download):
+    those of runs that Dagster says ended, and any untouched for STALE_PART_S. A live run's are never touched."""
+    removed = []
+    now = time.time()
+    for part in Path(output_dir).glob("runs/*/*/.*.part"):
+        run_id = part.parent.parent.name.split("_", 1)[-1]
+        try:
+            stale = now - part.stat().st_mtime > STALE_PART_S or run_ended(run_id)
+            if stale:
+                part.unlink()
+                removed.append(part)
+        except FileNotFoundError:
+            continue  # finished and renamed meanwhile
+    return removed

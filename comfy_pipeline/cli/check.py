@@ -11,6 +11,7 @@ Exit codes: 0 all passed, 1 a test failed, 2 usage error or server unreachable.
 import argparse
 import contextlib
 import json
+import math
 import os
 import stat
 import sys
@@ -138,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.report:
         print(store.format_report())
         return 0
-    if args.timeout <= 0:
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     tests = plan_tests(args)
     with _server(args) as (url, backend_note):

@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+from comfy_pipeline.workflows.prompts import load_json_bounded
+
 FORMAT_VERSION = 1
 
 
@@ -156,7 +158,9 @@ class CheckpointStore:
 
     def _read(self) -> dict:
         try:
-            state = json.loads(self.path.read_text(encoding="utf-8"))
+            state = load_json_bounded(self.path.read_text(encoding="utf-8"), str(self.path))
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
             if state.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unknown format version {state.get('version')!r}")
             tests, results = state["tests"], state["results"]

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from comfy_pipeline.comfyui.redaction import MASK
+from comfy_pipeline.workflows.prompts import load_json_bounded
 
 DEFAULT_PORT = 8188
 DEFAULT_HOST = "127.0.0.1"
@@ -113,7 +114,9 @@ def recorded_session(state_dir: str | Path | None = None, port: int = DEFAULT_PO
     """The session recorded for `port`, alive or not; None when nothing is recorded."""
     path = state_path(resolve_state_dir(state_dir), port)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json_bounded(path.read_text(encoding="utf-8"), str(path))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         return Session.from_json(data, path)
     except FileNotFoundError:
         return None

@@ -31,6 +31,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
+from . import answers
 from . import files as _files
 from .errors import (
     AuthenticationError,
@@ -260,7 +261,8 @@ class ComfyUIClient:
         if response.status_code != 200:
             raise ServerError(f"ComfyUI at {self.url} answered GET {path} with HTTP {response.status_code}.",
                               status=response.status_code)
-        return self._json(response, f"GET {path}")
+        endpoint = "/history" if path.startswith("/history") else path
+        return answers.checked(endpoint, self._json(response, f"GET {path}"), self.url)
 
     # -- server state -------------------------------------------------------------------------------------
 
@@ -396,7 +398,7 @@ class ComfyUIClient:
         if response.status_code != 200 or not isinstance(answer, dict):
             raise ServerError(f"ComfyUI at {self.url} answered POST /prompt with HTTP {response.status_code}: "
                               f"{self._clean(str(answer)[:65536])[:200]}", status=response.status_code)
-        return answer
+        return answers.checked("POST /prompt", answer, self.url)
 
     def _confirm_submitted(self, prompt_id: str, exc: Exception) -> str:
         """The POST went out but no answer came back: look the prompt up instead of posting it again."""
@@ -474,6 +476,9 @@ class ComfyUIClient:
                         continue
                     try:
                         entry, state = self._locate(prompt_id)
+                    except answers.ProtocolError:
+                        self._cancel_quietly(prompt_id)  # we cannot read its result: it must not run on
+                        raise
                     except (ServerUnreachable, ServerError) as exc:  # restarting, proxy hiccup: keep trying
                         down_since = down_since if down_since is not None else time.monotonic()
                         if time.monotonic() - down_since >= self.server_down_timeout:
@@ -648,7 +653,7 @@ class ComfyUIClient:
         if response.status_code != 200:
             raise ServerError(f"ComfyUI at {self.url} refused the upload of {path.name} with HTTP "
                               f"{response.status_code}.", status=response.status_code)
-        answer = self._json(response, "POST /upload/image")
+        answer = answers.checked("POST /upload/image", self._json(response, "POST /upload/image"), self.url)
         # Use what the server says it stored: it renames on a clash instead of failing.
         stored, folder = answer.get("name"), answer.get("subfolder") or ""
         if not isinstance(stored, str) or not stored:

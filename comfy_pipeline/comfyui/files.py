@@ -16,6 +16,23 @@ from pathlib import Path
 
 from .errors import DownloadError
 
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask() would, for every thread, for a moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+
 CHUNK_BYTES = 1024 * 1024
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -154,6 +171,7 @@ def save_stream(
                 )
             out.flush()
             os.fsync(out.fileno())
+        tmp.chmod(FILE_MODE)  # mkstemp makes it 0600; a published output follows the umask like any file
         return _publish(tmp, dest, name)
     except BaseException:
         tmp.unlink(missing_ok=True)

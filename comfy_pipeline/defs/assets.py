@@ -317,10 +317,13 @@ def _run_folder(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> Pa
 
 
 def _cancel_orphans(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> None:
-    """Cancel what dead runs left on this server (see batch.ledger) before queueing our own work."""
+    """Clean up after dead runs before queueing our own work: their prompts on this server (batch.ledger) and
+    their partial downloads in the output folder."""
     client = comfy.get_client()
-    found = ledger.cancel_orphans(comfy.output_path, client.url, client.cancel,
-                                  lambda run_id: run_has_ended(context.instance, run_id))
+    ended = lambda run_id: run_has_ended(context.instance, run_id)  # noqa: E731
+    found = ledger.cancel_orphans(comfy.output_path, client.url, client.cancel, ended)
+    for part in outputs.remove_stale_parts(comfy.output_path, ended):
+        context.log.info(f"removed {part}, a partial download a dead run left behind")
     for run_id in sorted({e.run_id for e in found}):
         ids = [e.prompt_id for e in found if e.run_id == run_id]
         context.log.warning(f"run {run_id} died with {len(ids)} prompt(s) on {client.url}; cancelled them there: "

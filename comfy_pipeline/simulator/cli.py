@@ -1,6 +1,7 @@
 """`comfy-pipeline simulator`: serve the offline ComfyUI simulator until SIGINT/SIGTERM."""
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -20,12 +21,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, 0 or more, got {text}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
-    parser.add_argument("--port", type=int, default=8188, help="port (default: 8188; 0 picks a free one)")
+    parser.add_argument("--port", type=port, default=8188, help="port (default: 8188; 0 picks a free one)")
     parser.add_argument("--data-dir", help="folder for input/, output/ and temp/ (default: a temporary folder, removed on exit)")
-    parser.add_argument("--image-seconds", type=float, default=0.5, help="simulated GPU seconds per text-to-image prompt")
-    parser.add_argument("--video-seconds", type=float, default=2.0, help="simulated GPU seconds per image-to-video prompt")
+    parser.add_argument("--image-seconds", type=seconds, default=0.5, help="simulated GPU seconds per text-to-image prompt")
+    parser.add_argument("--video-seconds", type=seconds, default=2.0, help="simulated GPU seconds per image-to-video prompt")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND[:RATE]",
                         help=f"inject a fault, repeatable; KIND is one of {', '.join(KINDS)}")
     parser.add_argument("--token", default=os.environ.get("COMFY_SIMULATOR_TOKEN"),
@@ -52,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         simulator.start()
-    except OSError as error:
-        print(f"comfy-pipeline simulator: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+    except (OSError, OverflowError, RuntimeError) as error:
+        simulator.stop()  # removes the temporary data folder it made
+        reason = getattr(error, "strerror", None) or str(error)
+        print(f"comfy-pipeline simulator: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 2
     for kind, rate in faults:
         simulator.set_fault(kind, rate=rate)
