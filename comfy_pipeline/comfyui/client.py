@@ -28,10 +28,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
-from . import answers
+from . import answers, deadlines
 from . import files as _files
 from .errors import (
     AuthenticationError,
@@ -51,6 +50,7 @@ from .redaction import redact_url, scrub, scrub_json
 from .rejections import rejection_from_response
 
 GET_RETRY_DELAYS = (0.2, 0.5, 1.0)  # 5xx and resets, idempotent calls only; POST /prompt is never retried
+MIN_DOWNLOAD_RATE = 256 * 1024  # bytes/s: slower than this, a download is given up (see _body_deadline)
 SAFETY_CHECK_SECONDS = 2.0  # with a healthy socket, still look at /history this often (sockets die silently)
 TERMINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
 MAX_REMEMBERED = 1000
@@ -161,7 +161,7 @@ class ComfyUIClient:
             self._secrets.append(f"{username}:{password}")
 
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)
+        adapter = deadlines.DeadlineAdapter(pool_connections=4, pool_maxsize=16)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update(auth_headers)
@@ -211,11 +211,20 @@ class ComfyUIClient:
         attempts = len(GET_RETRY_DELAYS) + 1 if retry else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            # A total deadline, not just one per read: a trickling server or proxy cannot hold us forever.
+            total = self.connect_timeout + self.read_timeout
+            too_slow = ServerUnreachable(self.url, f"no complete answer to {method} {path} within {total:g} s "
+                                         "(connect + request timeout): the server or a proxy is too slow")
             try:
-                response = self._session.request(method, self._base + path, **kwargs)
-            except requests.Timeout as exc:  # waiting the whole timeout again would rarely help
-                raise ServerUnreachable(self.url, self._clean(f"{type(exc).__name__} on {method} {path}")) from None
-            except requests.ConnectionError as exc:
+                with deadlines.deadline(total) as limit:
+                    response = self._session.request(method, self._base + path, **kwargs)
+                if limit.expired:  # cut off mid-body: what was read is not the answer
+                    raise too_slow
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                if limit.expired:
+                    raise too_slow from None
+                if isinstance(exc, requests.Timeout):  # waiting the whole timeout again would rarely help
+                    raise ServerUnreachable(self.url, self._clean(f"{type(exc).__name__} on {method} {path}")) from None
                 # Refused/DNS: the server is down, a retry a second later rarely helps; a reset may be a blip.
                 if last or _nothing_sent(exc):
                     raise ServerUnreachable(self.url, self._reason(exc)) from None
@@ -662,6 +671,13 @@ class ComfyUIClient:
             self.log.warning("server stored %s as %s", name, stored)
         return f"{folder}/{stored}" if folder else stored
 
+    def _body_deadline(self, response: requests.Response) -> float:
+        """Seconds a download's body may take in all: its size (Content-Length, else the size limit) at the
+        slowest acceptable rate, plus one read timeout."""
+        length = response.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() else self.max_download_bytes
+        return self.read_timeout + min(size, self.max_download_bytes) / MIN_DOWNLOAD_RATE
+
     def download(self, file: OutputFile, dest_dir: str | Path, *, filename: str | None = None) -> Path:
         """Stream one output file into dest_dir (1 MiB chunks, temp file, fsync, atomic rename).
 
@@ -673,7 +689,8 @@ class ComfyUIClient:
         params = {"filename": file.filename, "subfolder": file.subfolder, "type": file.type}
         source = f"output {file.filename!r} of node {file.node_id}"
         response = self._request("GET", "/view", retry=True, params=params, stream=True)
-        with response:
+        with response, deadlines.deadline(self._body_deadline(response)) as limit:
+            limit.note(response.raw.connection)  # the connection the body arrives on
             if response.status_code != 200:
                 raise DownloadError(f"ComfyUI at {self.url} answered HTTP {response.status_code} for {source} "
                                     f"(subfolder {file.subfolder!r}, type {file.type!r}).")
@@ -685,7 +702,13 @@ class ComfyUIClient:
                     response.iter_content(_files.CHUNK_BYTES), dest_dir, name,
                     expected_bytes=expected, max_bytes=self.max_download_bytes, source=source,
                 )
-            except requests.RequestException as exc:  # before OSError: requests' errors are OSErrors too
+            except (requests.RequestException, DownloadError) as exc:  # before OSError: requests' are OSErrors
+                if isinstance(exc, DownloadError) and not limit.expired:
+                    raise
+                if limit.expired:
+                    raise DownloadError(f"Download of {source} did not finish within {self._body_deadline(response):.0f} s "
+                                        f"(it must arrive at {MIN_DOWNLOAD_RATE // 1024} KiB/s at least); the partial "
+                                        "file was deleted.") from None
                 raise DownloadError(f"Download of {source} broke off ({self._clean(type(exc).__name__)}); "
                                     "the partial file was deleted. Try again.") from None
             except OSError as exc:  # disk full, quota, file size limit, read-only folder
