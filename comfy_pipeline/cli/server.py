@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from comfy_pipeline.cli import session as sessions
-from comfy_pipeline.cli.session import Session, SessionConflict, SessionError, SessionStartError
+from comfy_pipeline.cli.session import Session, SessionConflict, SessionError, SessionStartError, StateFileError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -195,7 +195,7 @@ def run_status(args: argparse.Namespace) -> int:
         else:
             recorded = sessions.recorded_sessions(args.state_dir)
     except SessionError as exc:
-        return _fail(str(exc), 1)
+        return _fail(str(exc), 2 if isinstance(exc, StateFileError) else 1)
     reports = [_describe(s) for s in recorded]
     if args.json:
         print(json.dumps(reports, indent=2))
@@ -216,7 +216,7 @@ def run_stop(args: argparse.Namespace) -> int:
             print(_stale_message(session, liveness))
             return 1
         sessions.stop_session(session, grace=args.grace)
-    except UsageError as exc:
+    except (UsageError, StateFileError) as exc:
         return _fail(str(exc), 2)
     except SessionError as exc:
         return _fail(str(exc), 1)
@@ -234,7 +234,7 @@ def run_restart(args: argparse.Namespace) -> int:
         else:
             sessions.forget(session)
             print(_stale_message(session, liveness), file=sys.stderr)
-    except UsageError as exc:
+    except (UsageError, StateFileError) as exc:
         return _fail(str(exc), 2)
     except SessionError as exc:
         return _fail(str(exc), 1)

@@ -39,6 +39,10 @@ class SessionError(Exception):
     """A session command failed; the message says what failed and what to do."""
 
 
+class StateFileError(SessionError):
+    """A state file that cannot be used: bad input the user has to fix (exit 2)."""
+
+
 class SessionConflict(SessionError):
     """The port is taken: by a recorded session that is still running, or by another program."""
 
@@ -121,7 +125,7 @@ def recorded_session(state_dir: str | Path | None = None, port: int = DEFAULT_PO
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SessionError(
+        raise StateFileError(
             f"session state file {path} is unreadable ({exc}); delete it if no ComfyUI from it is still running"
         ) from None
 

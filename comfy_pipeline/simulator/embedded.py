@@ -5,6 +5,7 @@ configured, and by the `comfy-pipeline simulator` command.
 """
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -117,8 +118,15 @@ class Simulator:
             self.port = self._runner.addresses[0][1]
         except BaseException as error:  # reported to start()'s caller
             failure.append(error)
-            started.set()
+            with contextlib.suppress(Exception):  # the app's background tasks started already: end them
+                if self._runner is not None:
+                    loop.run_until_complete(self._runner.cleanup())
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
+            started.set()
             return
         started.set()
         try:

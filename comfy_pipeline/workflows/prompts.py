@@ -161,7 +161,7 @@ def load_json_bounded(text: str, where: str, *, max_depth: int = MAX_JSON_DEPTH)
             depth += 1
             deepest = max(deepest, depth)
             if deepest > max_depth:
-                raise PromptError(f"{where}: JSON nested deeper than {max_depth} levels; prompt specs are flat.")
+                raise PromptError(f"{where}: JSON nested deeper than {max_depth} levels; this file is not what it should be.")
         elif char in "]}":
             depth -= 1
     try:
