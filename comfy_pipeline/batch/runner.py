@@ -104,12 +104,14 @@ def run_batch(
     stop: threading.Event | None = None,
     logger: logging.Logger | None = None,
     ledger: "PromptLedger | None" = None,
+    on_result: Callable[[JobResult], None] | None = None,
 ) -> list[JobResult]:
     """Run `jobs` with up to `max_in_flight` prompts queued on the server; results in job order.
 
     `prompt_timeout` counts from the moment a prompt starts executing; `queue_timeout` bounds its wait in the
     server's queue (behind our other prompts, or another run's). Each prompt id is written to `ledger` before it
-    is submitted, so a run that dies leaves a record of what it left on the server.
+    is submitted, so a run that dies leaves a record of what it left on the server. `on_result` gets each
+    prompt's result as soon as its files are home, while the GPU works on the next ones (checks overlap it).
 
     Setting `stop` (from any thread, e.g. a signal handler) cancels the prompts on the server at once and makes
     run_batch raise BatchInterrupted: a termination is honoured even when the exception Dagster raised for it
@@ -139,6 +141,8 @@ def run_batch(
                 current = in_flight[0]  # stays listed until finished, so an interrupt cancels it too
                 _finish(client, current, (prompt_timeout, queue_timeout), on_progress, stop, logger, object_info)
                 in_flight.popleft()
+                if on_result is not None and current.result.ok:
+                    on_result(current.result)
                 if stop.is_set():
                     raise BatchInterrupted()
                 if isinstance(current.result.error, ServerUnreachable):

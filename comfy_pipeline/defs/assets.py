@@ -246,10 +246,19 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
                 upload=image,
             )
         )
-    results = _run(context, comfy, jobs)
-    made = [(spec, image, r) for (_, spec, image), r in zip(sources, results) if r.ok]
+    # Each output is checked as soon as it is home, while the GPU works on the next prompts.
+    source_of = {job.key: (spec, image) for job, (_, spec, image) in zip(jobs, sources)}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        inspections = list(pool.map(lambda m: kind.inspect(m[2].files[0], m[0], workflow, quality), made))
+        checking = {}
+
+        def check_when_home(result: JobResult) -> None:
+            spec = source_of[result.job.key][0]
+            checking[result.job.key] = pool.submit(kind.inspect, result.files[0], spec, workflow, quality)
+
+        results = _run(context, comfy, jobs, check_when_home)
+        made = [(spec, image, r) for (_, spec, image), r in zip(sources, results) if r.ok]
+        inspections = [(checking.get(r.job.key) or pool.submit(kind.inspect, r.files[0], s, workflow, quality)).result()
+                       for s, _, r in made]
     items = [describe(spec, image, result, workflow, server, found) for (spec, image, result), found in zip(made, inspections)]
     failed = [_failed_prompt(spec, r) for (_, spec, _), r in zip(sources, results) if not r.ok]
     summary = f"{len(failed)} of {len(results)} prompt(s) failed:\n" + "\n".join(_failure_line(f) for f in failed)
@@ -335,7 +344,8 @@ def run_has_ended(instance: dg.DagsterInstance, run_id: str) -> bool:
     return run is None or run.is_finished
 
 
-def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[Job]) -> list[JobResult]:
+def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[Job],
+         on_result: Callable[[JobResult], None]) -> list[JobResult]:
     _warm_up_report_imports()
     client = comfy.get_client()
     record = ledger.PromptLedger(comfy.output_path, context.run_id, client.url)
@@ -344,7 +354,7 @@ def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[J
             results = run_batch(
                 client, jobs, max_in_flight=comfy.max_in_flight, prompt_timeout=comfy.prompt_timeout,
                 queue_timeout=comfy.queue_timeout, on_progress=ProgressLogger(context.log), stop=stop,
-                logger=context.log, ledger=record,
+                logger=context.log, ledger=record, on_result=on_result,
             )
     except BatchInterrupted:
         # The interrupt exception itself was lost (see comfy_pipeline.batch.interrupts); the prompts are cancelled.
