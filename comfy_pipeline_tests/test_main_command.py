@@ -126,6 +126,7 @@ def test_dg_checks_and_lists_the_definitions():
 
     found = json.loads(listed.stdout)
     assert {a["asset_key"] for a in found["assets"]} == {"prompt", "generated_image", "ltx2_video", "validation_report"}
+    assert {a["group_name"] for a in found["assets"]} == {"comfy"}
     assert {"image_to_video_job", "image_generation_job", "video_generation_job"} <= {j["name"] for j in found["jobs"]}
 
 

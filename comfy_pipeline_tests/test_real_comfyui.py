@@ -107,7 +107,7 @@ def test_the_official_workflows_lack_only_their_models(client, name):
     workflow = load_workflow(name)
     values = {"image": "start.png"} if "image" in workflow.params else {}
     graph = workflow.inject(values, filename_prefix="comfy_pipeline/tier/preflight")
-    version = (client.system_stats().get("system") or {}).get("comfyui_version")
+    version = client.version()
     report = preflight(graph, client.object_info(), source=client.url, server_version=version)
     kinds = {p.kind for p in report.problems}
     assert kinds <= {"missing_model"}, [p.format() for p in report.problems]

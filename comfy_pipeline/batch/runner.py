@@ -70,15 +70,15 @@ ProgressCallback = Callable[[Job, "ProgressEvent"], None]
 
 
 def preflight_jobs(client: "ComfyUIClient", jobs: list[Job]) -> dict:
-    """Check every graph, adapted to the server's version, against its /object_info before any GPU time is
-    spent; the /object_info, for the submits."""
+    """Check every graph against the server's /object_info (pre-flight adapts it to the server's version, as
+    the submit does) before any GPU time is spent; the /object_info, for the submits."""
     object_info = client.object_info()
-    version = (client.system_stats().get("system") or {}).get("comfyui_version")
+    version = client.version()
     for job in jobs:
         values = dict(job.values)
         if job.upload is not None:
             values.setdefault("image", f"{job.upload.name}")
-        graph, _ = adapt_to_server(job.workflow.inject(values, filename_prefix=job.filename_prefix), object_info)
+        graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
         report = preflight(graph, object_info, workflow=job.workflow.name, source=client.url, server_version=version)
         if not report.ok:
             raise WorkflowValidationError(

@@ -357,7 +357,6 @@ def preflight_on_server(url: str, tests: list[Test], args: argparse.Namespace) -
     """Pre-flight every workflow the planned tests need against the server, before any GPU time, and print what
     is wrong on the terminal: missing models with their folders, missing nodes, version mismatches. Returns
     (workflow kind, one-line summary) per workflow that would fail; its tests fail without being run."""
-    from comfy_pipeline.workflows.compat import adapt_to_server
     from comfy_pipeline.workflows.preflight import preflight
 
     needed = {kind for test in tests for kind in _WORKFLOW_KINDS[test.kind]}
@@ -366,14 +365,14 @@ def preflight_on_server(url: str, tests: list[Test], args: argparse.Namespace) -
     image_name, video_name = chosen_workflows(args)
     with _client(url, read_timeout=30.0) as client:
         object_info = client.object_info()
-        version = (client.system_stats().get("system") or {}).get("comfyui_version")
+        version = client.version()
     failing = []
     for kind, name in (("image", image_name), ("video", video_name)):
         if kind not in needed:
             continue
         workflow = load_workflow(name)
         values = {"image": "start.png"} if "image" in workflow.params else {}
-        graph, _ = adapt_to_server(workflow.inject(values, filename_prefix="comfy_pipeline/preflight"), object_info)
+        graph = workflow.inject(values, filename_prefix="comfy_pipeline/preflight")
         report = preflight(graph, object_info, workflow=workflow.name, source=redact_url(url), server_version=version)
         if report.ok:
             continue

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 read_timeout=30.0,
             ) as client:
                 object_info, source = client.object_info(), client.url
-                version = (client.system_stats().get("system") or {}).get("comfyui_version")
+                version = client.version()
         except (ComfyUIError, ValueError) as exc:
             return _fail(args, str(exc))
         if not isinstance(object_info, dict) or not object_info:

@@ -213,28 +213,30 @@ class ComfyUIClient:
             last = attempt == attempts - 1
             # A total deadline, not just one per read: a trickling server or proxy cannot hold us forever.
             total = self.connect_timeout + self.read_timeout
-            too_slow = ServerUnreachable(self.url, f"no complete answer to {method} {path} within {total:g} s "
-                                         "(connect + request timeout): the server or a proxy is too slow")
             try:
                 with deadlines.deadline(total) as limit:
                     response = self._session.request(method, self._base + path, **kwargs)
-                if limit.expired:  # cut off mid-body: what was read is not the answer
-                    raise too_slow
             except (requests.Timeout, requests.ConnectionError) as exc:
                 if limit.expired:
-                    raise too_slow from None
+                    raise self._too_slow(method, path, total) from None
                 if isinstance(exc, requests.Timeout):  # waiting the whole timeout again would rarely help
                     raise ServerUnreachable(self.url, self._clean(f"{type(exc).__name__} on {method} {path}")) from None
                 # Refused/DNS: the server is down, a retry a second later rarely helps; a reset may be a blip.
                 if last or _nothing_sent(exc):
                     raise ServerUnreachable(self.url, self._reason(exc)) from None
             else:
+                if limit.expired:  # cut off mid-body: what was read is not the answer
+                    raise self._too_slow(method, path, total)
                 self._check_auth(response, method, path)
                 if response.status_code < 500 or last:
                     return self._check_5xx(response, method, path)
                 response.close()
             time.sleep(GET_RETRY_DELAYS[attempt])
         raise AssertionError("unreachable")
+
+    def _too_slow(self, method: str, path: str, seconds: float) -> ServerUnreachable:
+        return ServerUnreachable(self.url, f"no complete answer to {method} {path} within {seconds:g} s "
+                                 "(connect + request timeout): the server or a proxy is too slow")
 
     def _check_auth(self, response: requests.Response, method: str, path: str) -> None:
         if response.status_code in (401, 403):
@@ -277,6 +279,10 @@ class ComfyUIClient:
 
     def system_stats(self) -> dict:
         return self._get_json("/system_stats")
+
+    def version(self) -> str | None:
+        """The server's ComfyUI version, as /system_stats reports it (None when it does not say)."""
+        return (self.system_stats().get("system") or {}).get("comfyui_version")
 
     def queue(self) -> dict:
         return self._get_json("/queue")

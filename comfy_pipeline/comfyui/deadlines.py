@@ -73,7 +73,9 @@ def deadline(seconds: float) -> Iterator[Deadline]:
         stack.remove(current)
 
 
-class _TrackedHTTPConnection(HTTPConnection):
+class _Tracked:
+    """Makes a connection note itself in the running deadlines when it connects or sends."""
+
     def connect(self) -> None:
         super().connect()
         _note(self)
@@ -83,14 +85,12 @@ class _TrackedHTTPConnection(HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class _TrackedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _note(self)
+class _TrackedHTTPConnection(_Tracked, HTTPConnection):
+    pass
 
-    def request(self, *args, **kwargs):
-        _note(self)
-        return super().request(*args, **kwargs)
+
+class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
+    pass
 
 
 class _HTTPPool(HTTPConnectionPool):

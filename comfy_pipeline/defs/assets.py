@@ -56,6 +56,7 @@ GPU_RETRY_POLICY = dg.RetryPolicy(
 
 
 @dg.asset(
+    group_name=GROUP, kinds={"python"},
     description="The prompt specs of this run (run config, else the prompt library).",
 )
 def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output[dict]:
@@ -204,7 +205,6 @@ def validation_report(
 class _Kind:
     """What differs between the image and the video asset; everything else is one code path."""
 
-    asset: str
     folder: str
     job: str  # "prompt 0", "video 0" in logs
     check: str
@@ -212,10 +212,10 @@ class _Kind:
     downstream: tuple[str, ...]  # assets that carry this one's failures on to the end of the run
 
 
-IMAGES = _Kind("generated_image", "images", "prompt", "image_quality",
+IMAGES = _Kind("images", "prompt", "image_quality",
                lambda path, spec, workflow, quality: inspect_image(path, spec, workflow, quality.image()),
                ("ltx2_video", "validation_report"))
-VIDEOS = _Kind("ltx2_video", "videos", "video", "video_quality",
+VIDEOS = _Kind("videos", "video", "video_quality",
                lambda path, spec, workflow, quality: inspect_video(path, spec, workflow, quality.video()),
                ("validation_report",))
 
@@ -257,8 +257,7 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
 
         results = _run(context, comfy, jobs, check_when_home)
         made = [(spec, image, r) for (_, spec, image), r in zip(sources, results) if r.ok]
-        inspections = [(checking.get(r.job.key) or pool.submit(kind.inspect, r.files[0], s, workflow, quality)).result()
-                       for s, _, r in made]
+        inspections = [checking[r.job.key].result() for _, _, r in made]  # every good result was handed over
     items = [describe(spec, image, result, workflow, server, found) for (spec, image, result), found in zip(made, inspections)]
     failed = [_failed_prompt(spec, r) for (_, spec, _), r in zip(sources, results) if not r.ok]
     summary = f"{len(failed)} of {len(results)} prompt(s) failed:\n" + "\n".join(_failure_line(f) for f in failed)
