@@ -9,7 +9,8 @@ _HOMES = {
     "OutputFile": "files", "outputs": "files", "safe_filename": "files",
     "node_errors_to_list": "rejections", "rejection_from_response": "rejections",
     **{name: "errors" for name in (
-        "AuthenticationError", "ComfyUIError", "DownloadError", "ExecutionError", "NodeError", "PromptInterrupted",
+        "AuthenticationError", "ComfyUIError", "DownloadError", "ExecutionError", "NodeError", "NoServerConfigured",
+        "PromptInterrupted",
         "PromptLost", "PromptTimeout", "ServerError", "ServerUnreachable", "WorkflowValidationError",
     )},
 }
@@ -23,6 +24,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "AuthenticationError",
+    "NoServerConfigured",
     "ComfyUIClient",
     "ComfyUIError",
     "DownloadError",

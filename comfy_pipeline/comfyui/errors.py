@@ -23,6 +23,18 @@ class ServerUnreachable(ComfyUIError):
         )
 
 
+class NoServerConfigured(ComfyUIError):
+    """A deployment's run with no ComfyUI server configured: it must not quietly make placeholder pictures."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "No ComfyUI server is configured, and this Dagster instance is a deployment's (PostgreSQL storage or "
+            "COMFY_PIPELINE_REQUIRE_SERVER=1), where the offline simulator's placeholder pictures must not pass for "
+            "real output. Set COMFYUI_URLS (comma-separated) or COMFYUI_URL to your GPU server(s), or set "
+            "COMFYUI_URL=simulator to run the simulator on purpose."
+        )
+
+
 class ServerError(ComfyUIError):
     """The server answered, but not the way the protocol says (HTTP 5xx, bad JSON, ...)."""
 

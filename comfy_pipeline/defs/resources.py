@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from comfy_pipeline.comfyui.errors import ComfyUIError, NoServerConfigured
 from comfy_pipeline.comfyui.redaction import redact_url
 from comfy_pipeline.media import ImageThresholds, VideoThresholds
 
@@ -17,8 +18,13 @@ COMFYUI = "comfyui"
 
 
 class ComfyUIResource(dg.ConfigurableResource):
-    """A ComfyUI server. With no `url` (env COMFYUI_URL unset), an offline ComfyUI simulator is started on
-    loopback for the run, and everything it makes is labelled `backend: simulator`.
+    """One or several ComfyUI servers (`urls`, env COMFYUI_URLS; or `url`, env COMFYUI_URL). Each prompt goes to
+    the server with the least work, and a server that stops answering hands its unstarted prompts to the others.
+
+    The offline simulator, whose pictures are placeholders labelled `backend: simulator`, runs when it is chosen
+    (`simulator` as the URL) or, for the zero-configuration local quick start, when no server is configured and
+    the Dagster instance is a local one (SQLite or temporary). On a deployment's instance (PostgreSQL, or
+    COMFY_PIPELINE_REQUIRE_SERVER=1) a run with no server fails instead of making placeholders.
 
     Setting it up is free (it also happens on every sensor tick): the server is contacted, or the
     simulator started, only when a step first asks for the client.
@@ -29,7 +35,8 @@ class ComfyUIResource(dg.ConfigurableResource):
     credentials because of that.
     """
 
-    url: str | None = Field(default=None, description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL). Unset: the embedded simulator.")
+    url: str | None = Field(default=None, description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL); `simulator` for the embedded simulator.")
+    urls: list[str] | None = Field(default=None, description="Several ComfyUI servers sharing the work (env COMFYUI_URLS, comma-separated); wins over `url`.")
     token: str | None = Field(default=None, description="Bearer token for a proxy in front of ComfyUI (env COMFYUI_TOKEN).")
     username: str | None = Field(default=None, description="Basic-auth user (env COMFYUI_USERNAME).")
     password: str | None = Field(default=None, description="Basic-auth password (env COMFYUI_PASSWORD).")
@@ -37,16 +44,17 @@ class ComfyUIResource(dg.ConfigurableResource):
     request_timeout: float = Field(default=30.0, description="Seconds to wait for an HTTP answer.")
     prompt_timeout: float = Field(default=900.0, gt=0, description="Seconds one prompt may run on the server, counted from the moment it starts executing; past it the prompt is cancelled.")
     queue_timeout: float = Field(default=3600.0, gt=0, description="Seconds one prompt may wait in the server's queue (behind other work) before it starts; past it the prompt is cancelled.")
-    max_in_flight: int = Field(default=4, ge=1, description="Prompts queued on the server at once, so the GPU never waits for us.")
+    max_in_flight: int = Field(default=4, ge=1, description="Prompts queued on each server at once, so its GPU never waits for us.")
     server_down_timeout: float = Field(default=60.0, gt=0, description="Seconds a server that stopped answering is waited for before its prompts fail.")
     max_download_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest output file accepted; a bigger one is refused before anything is written.")
     output_dir: str | None = Field(default=None, description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).")
     simulator_image_seconds: float = Field(default=0.2, description="Simulated GPU time per image (simulator only).")
     simulator_video_seconds: float = Field(default=1.0, description="Simulated GPU time per video (simulator only).")
 
-    _client: Any = PrivateAttr(default=None)  # a ComfyUIClient, made on first use
+    _clients: list = PrivateAttr(default_factory=list)  # ComfyUIClients, made on first use
     _simulator: Any = PrivateAttr(default=None)
     _connect_seconds: float = PrivateAttr(default=0.0)
+    _deployment: bool = PrivateAttr(default=False)  # the run's instance is a deployment's: no silent simulator
 
     @property
     def output_path(self) -> Path:
@@ -56,10 +64,10 @@ class ComfyUIResource(dg.ConfigurableResource):
 
     @property
     def display_url(self) -> str:
-        if self._client is not None:
-            return self._client.url
-        url = self.url or os.environ.get("COMFYUI_URL")
-        return redact_url(url) if url else "embedded simulator"
+        if self._clients:
+            return ", ".join(client.url for client in self._clients)
+        urls = self.configured_urls()
+        return ", ".join(redact_url(url) for url in urls) if urls else "embedded simulator"
 
     def _credentials(self) -> dict[str, str | None]:
         configured = {"token": self.token, "username": self.username, "password": self.password}
@@ -71,62 +79,95 @@ class ComfyUIResource(dg.ConfigurableResource):
         run = context.dagster_run
         if run is not None:
             refuse_secrets_in_run_config(run.run_config)
+        self._deployment = context.instance is not None and is_deployment(context.instance)
+
+    def configured_urls(self) -> list[str]:
+        """The servers from config, the environment or a running `comfy-pipeline server` session, in that order;
+        [] when none is configured, ["simulator"] when the embedded simulator was chosen."""
+        if self.urls:
+            return _split(self.urls)
+        for value in (os.environ.get("COMFYUI_URLS"), self.url, os.environ.get("COMFYUI_URL")):
+            if value and _split([value]):
+                return _split([value])
+        session = _recorded_session_url()
+        return [session] if session else []
 
     def configured_url(self) -> str | None:
-        """The server's URL from config, the environment or a running `comfy-pipeline server` session; None
-        means the embedded simulator."""
-        return self.url or os.environ.get("COMFYUI_URL") or _recorded_session_url()
+        """The first configured server (None: nothing configured)."""
+        urls = self.configured_urls()
+        return urls[0] if urls else None
 
     def close(self) -> None:
-        """Close the client and stop the embedded simulator, if any (also done after every run)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the clients and stop the embedded simulator, if any (also done after every run)."""
+        for client in self._clients:
+            client.close()
+        self._clients = []
         if self._simulator is not None:
             self._simulator.stop()
             self._simulator = None
 
-    def get_client(self):
-        """The ComfyUIClient of this run (starting the embedded simulator when there is no server)."""
-        if self._client is None:
+    def get_clients(self) -> list:
+        """One ComfyUIClient per server of this run (starting the embedded simulator when it is the server)."""
+        if not self._clients:
             from comfy_pipeline.comfyui.client import ComfyUIClient
 
             started = time.monotonic()
-            url = self.configured_url()
-            if not url:
-                from comfy_pipeline.simulator import Simulator  # only needed for the embedded default
+            urls = self.configured_urls()
+            if not urls and (self._deployment or os.environ.get("COMFY_PIPELINE_REQUIRE_SERVER") == "1"):
+                raise NoServerConfigured()
+            if not urls or urls == [SIMULATOR]:
+                from comfy_pipeline.simulator import Simulator  # only needed for the embedded simulator
 
                 self._simulator = Simulator(
                     image_seconds=self.simulator_image_seconds, video_seconds=self.simulator_video_seconds
                 ).start()
-                url = self._simulator.url
-            self._client = ComfyUIClient(
-                url,
-                **self._credentials(),
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.request_timeout,
-                server_down_timeout=self.server_down_timeout,
-                max_download_bytes=self.max_download_bytes,
-            )
+                urls = [self._simulator.url]
+            elif SIMULATOR in urls:
+                raise ValueError("`simulator` cannot be mixed with real server URLs: give one or the other")
+            self._clients = [
+                ComfyUIClient(
+                    url,
+                    **self._credentials(),
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.request_timeout,
+                    server_down_timeout=self.server_down_timeout,
+                    max_download_bytes=self.max_download_bytes,
+                )
+                for url in urls
+            ]
             self._connect_seconds = time.monotonic() - started
-        return self._client
+        return self._clients
+
+    def get_client(self):
+        """The first server's client (the only one, unless several servers are configured)."""
+        return self.get_clients()[0]
 
     def server_info(self) -> dict[str, Any]:
-        """Backend, version, GPU and VRAM from /system_stats; raises ServerUnreachable when down."""
+        """Backend, version, GPU and VRAM of every server, from /system_stats; raises ServerUnreachable when
+        none answers. With several servers, `url`, `gpu` and `comfyui_version` list each one's, and the servers
+        that did not answer are named under `unreachable` (the batch leaves them out)."""
         started = time.monotonic()
-        client = self.get_client()
-        stats = client.system_stats()
-        devices = stats.get("devices") or [{}]
-        device = devices[0]
-        # A URL can point at `comfy-pipeline simulator` too: trust what the server says it is.
-        simulated = self._simulator is not None or "simulator" in str(device.get("name", "")).lower()
+        found, down = [], []
+        for client in self.get_clients():
+            try:
+                found.append((client, client.system_stats()))
+            except ComfyUIError as exc:
+                if len(self._clients) == 1:
+                    raise
+                down.append((client.url, exc))
+        if not found:
+            raise down[0][1]
+        infos = [_describe(client, stats, self._simulator is not None) for client, stats in found]
+        joined = lambda key: ", ".join(dict.fromkeys(str(i[key]) for i in infos))  # noqa: E731  distinct, in order
         return {
-            "backend": SIMULATOR if simulated else COMFYUI,
-            "url": client.url,
-            "comfyui_version": (stats.get("system") or {}).get("comfyui_version"),
-            "gpu": device.get("name"),
-            "vram_total_gb": round((device.get("vram_total") or 0) / 1024**3, 2),
-            "vram_free_gb": round((device.get("vram_free") or 0) / 1024**3, 2),
+            "backend": SIMULATOR if any(i["backend"] == SIMULATOR for i in infos) else COMFYUI,
+            "url": ", ".join(i["url"] for i in infos),
+            "servers": [i["url"] for i in infos],
+            "comfyui_version": joined("comfyui_version"),
+            "gpu": joined("gpu"),
+            "vram_total_gb": round(sum(i["vram_total_gb"] for i in infos), 2),
+            "vram_free_gb": round(sum(i["vram_free_gb"] for i in infos), 2),
+            "unreachable": [f"{url}: {exc}" for url, exc in down],
             "connection_s": round(self._connect_seconds + time.monotonic() - started, 4),
         }
 
@@ -159,17 +200,56 @@ def refuse_secrets_in_run_config(run_config: dict) -> None:
         )
 
 
-def gpu_pool(url: str | None = None) -> str:
-    """The Dagster pool of a ComfyUI server: steps in one pool share its concurrency limit (dagster.yaml
-    `concurrency.pools`), so runs against one GPU take turns instead of timing each other out. Named after the
-    server's host and port (env COMFYUI_URL when the definitions load; the embedded simulator is per run)."""
-    url = url if url is not None else os.environ.get("COMFYUI_URL")
-    if not url:
+def gpu_pool(urls: list[str] | str | None = None) -> str:
+    """The Dagster pool of the ComfyUI servers: steps in one pool share its concurrency limit (dagster.yaml
+    `concurrency.pools`), and runs carry it as their SERVER_TAG for the run queue's limit per server, so runs
+    against one GPU take turns instead of timing each other out. Named after each server's host and port
+    (COMFYUI_URLS / COMFYUI_URL when the definitions load; the embedded simulator is per run), e.g.
+    `comfyui-gpu-a-8188` or, for two servers, `comfyui-gpu-a-8188+gpu-b-8188`."""
+    if urls is None:
+        urls = os.environ.get("COMFYUI_URLS") or os.environ.get("COMFYUI_URL")
+    found = _split([urls] if isinstance(urls, str) else urls or [])
+    if not found or found == [SIMULATOR]:
         return "comfyui-embedded"
+    return "comfyui-" + "+".join(sorted(_host_port(url) for url in found))
+
+
+# Every job's runs carry their servers' pool under this tag: deploy/dagster.yaml limits queued runs per value.
+SERVER_TAG = "comfy_pipeline/comfyui"
+
+
+def is_deployment(instance: dg.DagsterInstance) -> bool:
+    """A deployment's instance (run storage in PostgreSQL or MySQL, as deploy/dagster.yaml sets up) rather
+    than a laptop's (SQLite under DAGSTER_HOME, or the temporary one of `dagster job execute`)."""
+    storage = type(instance.run_storage).__name__
+    return not storage.startswith(("Sqlite", "InMemory"))
+
+
+def _split(values: list[str]) -> list[str]:
+    """`["http://a:8188, http://b:8188"]` -> each URL once, in order."""
+    urls = [u.strip() for value in values for u in str(value).split(",") if u.strip()]
+    return list(dict.fromkeys(urls))
+
+
+def _host_port(url: str) -> str:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     host = (parts.hostname or "localhost").replace(".", "-").replace(":", "-")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"comfyui-{host}-{port}"
+    return f"{host}-{port}"
+
+
+def _describe(client, stats: dict, embedded: bool) -> dict[str, Any]:
+    device = (stats.get("devices") or [{}])[0]
+    # A URL can point at `comfy-pipeline simulator` too: trust what the server says it is.
+    simulated = embedded or "simulator" in str(device.get("name", "")).lower()
+    return {
+        "backend": SIMULATOR if simulated else COMFYUI,
+        "url": client.url,
+        "comfyui_version": (stats.get("system") or {}).get("comfyui_version"),
+        "gpu": device.get("name"),
+        "vram_total_gb": round((device.get("vram_total") or 0) / 1024**3, 2),
+        "vram_free_gb": round((device.get("vram_free") or 0) / 1024**3, 2),
+    }
 
 
 def _recorded_session_url() -> str | None:
