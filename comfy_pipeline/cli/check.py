@@ -1,15 +1,20 @@
 """`comfy-pipeline check`: the seed design's test runner for a ComfyUI deployment, on top of the Dagster jobs.
 
 Every test is one run of a pipeline job, executed in-process on a real Dagster instance (DAGSTER_HOME when
-set), so a terminal check and a scheduled run take the same code path. Results are checkpointed as they
-finish (`--resume` continues an interrupted check), three consecutive failures stop the check, and the JSON
+set), so a terminal check and a scheduled run take the same code path. The runs overlap (check_runs.py): the
+next test starts as soon as the previous one has its prompts on the server, so the GPU works on one test's
+prompt while other runs start up or check their outputs. Results are checkpointed as each run finishes
+(`--resume` continues an interrupted check: tests whose runs were still in flight run again), three
+consecutive failures (in the order runs finish) stop the check from starting further tests, and the JSON
 report lists every test with its outputs, checks, errors and per-phase timings.
 
 Exit codes: 0 all passed, 1 a test failed, 2 usage error or server unreachable.
 """
 
 import argparse
+import atexit
 import contextlib
+import gc
 import json
 import math
 import os
@@ -23,7 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from comfy_pipeline.batch import outputs
+from comfy_pipeline.batch import ledger, outputs
+from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, tagged_stderr
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
@@ -42,6 +48,8 @@ JOB_FOR_KIND = {
     "pipeline": "image_to_video_job",
 }
 PHASES = ("connection", "workflow_load", "upload", "queue_wait", "execution", "download", "validation")
+# Runs in flight at once: one on the GPU, one queued behind it, one starting up or checking its outputs.
+MAX_RUNS_IN_FLIGHT = 3
 
 
 class UsageError(Exception):
@@ -151,20 +159,10 @@ def _run(args: argparse.Namespace) -> int:
         skipped = len(tests) - len(to_run)
         if skipped:
             print(f"resuming: {skipped} test(s) already finished, {len(to_run)} to go", file=sys.stderr)
-        results: list[TestResult] = []
         with _instance() as instance:
-            for test in (t for t in tests if t.name in to_run):
-                print(f"== {test.name} ({test.kind}) ==", file=sys.stderr)
-                blocked = [line for kind, line in problems if kind in _WORKFLOW_KINDS[test.kind]]
-                result = (TestResult(test.name, test.kind, False, 0.0, errors=[blocked[0]]) if blocked
-                          else run_test(test, url, args, instance))
-                results.append(result)
-                store.record(test.name, success=result.success, duration=result.duration, details=_details(result))
-                _print_line(result)
-                if store.breaker_open:
-                    print(f"stopping: {store.consecutive_failures} consecutive failures (circuit breaker). Fix the "
-                          "cause, then run again with --resume.", file=sys.stderr)
-                    break
+            results = run_tests([t for t in tests if t.name in to_run], problems, url, args, instance, store)
+    order = {test.name: i for i, test in enumerate(tests)}
+    results.sort(key=lambda r: order[r.name])  # the report lists tests as planned, not as they finished
     report_path = _write_report(args, results, store)
     _print_summary(results, report_path)
     if args.json:
@@ -191,16 +189,76 @@ def plan_tests(args: argparse.Namespace) -> list[Test]:
     return tests
 
 
-def run_test(test: Test, url: str, args: argparse.Namespace, instance: Any) -> TestResult:
+def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args: argparse.Namespace,
+              instance: Any, store: CheckpointStore) -> list[TestResult]:
+    """Run `tests` with overlapping runs; each result is checkpointed and printed the moment its run ends."""
+    import dagster as dg
+
+    output_dir = Path(args.output_dir).resolve()
+    results: list[TestResult] = []
+
+    def start(test: Test, run_id: str) -> TestResult:
+        print(f"== {test.name} ({test.kind}) ==", file=sys.stderr)
+        stderr.tag(test.name)  # its progress lines from here on start with its name
+        blocked = [line for kind, line in problems if kind in _WORKFLOW_KINDS[test.kind]]
+        if blocked:
+            return TestResult(test.name, test.kind, False, 0.0, errors=[blocked[0]])
+        return run_test(test, url, args, instance, run_id=run_id)
+
+    def finished(test: Test, result: TestResult) -> bool:
+        results.append(result)
+        store.record(test.name, success=result.success, duration=result.duration, details=_details(result))
+        _print_line(result)
+        return result.success
+
+    window: RunWindow[Test, TestResult] = RunWindow(
+        max_in_flight=MAX_RUNS_IN_FLIGHT,
+        # A run has its prompts on the server once its ledger records one (written just before each submit).
+        queued=lambda run_id: ledger.has_record(output_dir, run_id),
+        interrupt_error=dg.DagsterExecutionInterruptedError,
+        cancel=lambda run_id: _cancel_run(url, output_dir, run_id),
+    )
+    # Interpreter shutdown with Dagster loaded spends ~0.4 s in its final garbage collection of objects that
+    # are about to be freed anyway; freezing them first skips that while the GPU would otherwise wait for us.
+    atexit.register(gc.freeze)
+    with tagged_stderr() as stderr:
+        try:
+            outcome = window.run(tests, start, finished, stop=lambda: store.breaker_open)
+        except KeyboardInterrupt:
+            print(f"interrupted: {len(results)} test(s) finished and recorded; the runs in flight were stopped and "
+                  "their prompts cancelled. Continue with --resume.", file=sys.stderr)
+            raise
+    if store.breaker_open:
+        _print_breaker(store, outcome)
+    return results
+
+
+def _print_breaker(store: CheckpointStore, outcome: WindowOutcome) -> None:
+    running = (f"; the {outcome.finished_after_stop} test(s) already running were allowed to finish"
+               if outcome.finished_after_stop else "")
+    print(f"stopping: {store.consecutive_failures} consecutive failures (circuit breaker): "
+          f"{outcome.not_started} test(s) not started{running}. Fix the cause, then run again with --resume.",
+          file=sys.stderr)
+
+
+def run_test(test: Test, url: str, args: argparse.Namespace, instance: Any, run_id: str | None = None) -> TestResult:
     from comfy_pipeline.definitions import defs  # Dagster is imported only when a test actually runs
 
     job = defs.resolve_job_def(JOB_FOR_KIND[test.kind])
     started = time.monotonic()
     result = job.execute_in_process(
-        run_config=_run_config(test, url, args), instance=instance, raise_on_error=False,
+        run_config=_run_config(test, url, args), instance=instance, raise_on_error=False, run_id=run_id,
         tags={"comfy_pipeline/check": test.name},
     )
     return _summarise(test, result, time.monotonic() - started)
+
+
+def _cancel_run(url: str, output_dir: Path, run_id: str) -> None:
+    """Cancel whatever an interrupted run still has on the server, from its ledger of prompt ids."""
+    if not ledger.has_record(output_dir, run_id):
+        return
+    with _client(url, read_timeout=10.0) as client:
+        ledger.cancel_orphans(output_dir, client.url, client.cancel, lambda _: True, only_run=run_id)
 
 
 def _run_config(test: Test, url: str, args: argparse.Namespace) -> dict:
@@ -243,7 +301,7 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
             summary.backend = meta.get("backend", summary.backend)
-            for item in meta.get("items") or []:
+            for item in _items(result, event, meta):
                 summary.outputs.append(item["path"])
                 summary.checks += [{"output": item["path"], **check} for check in item["checks"]]
             for phase, seconds in (meta.get("timings_s") or {}).items():
@@ -264,6 +322,19 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
     if not summary.success and not summary.errors and failed_checks:
         summary.errors = [f"{c['name']}: {c['message']}" for c in failed_checks]
     return summary
+
+
+def _items(result: Any, event: Any, meta: dict) -> list[dict]:
+    """The outputs a materialization recorded: from its metadata, or, when the list is kept out of the metadata
+    (it grows with the prompts), from the asset's value, the manifest the run handed downstream."""
+    if meta.get("items") is not None:
+        return list(meta["items"])
+    key = event.event_specific_data.materialization.asset_key
+    try:
+        value = result.asset_value(key)
+    except Exception:  # no value captured for this asset (it failed after materializing): nothing to list
+        return []
+    return list(value.get("items") or []) if isinstance(value, dict) else []
 
 
 # --- inputs --------------------------------------------------------------------------------------------
@@ -399,16 +470,29 @@ def _require_reachable(url: str) -> None:
                          "--comfyui-url / COMFYUI_URL.")
 
 
+# Dagster captures a run's stdout/stderr by pointing the process's file descriptors 1 and 2 at a file, with a
+# tail process per stream. With runs overlapping in one process those redirections overwrite each other (lines
+# vanish, a run can fail writing to a closed pipe), so the check's runs do without: what they say is in the
+# event log and on the terminal.
+NO_COMPUTE_LOGS = {"compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager",
+                                    "class": "NoOpComputeLogManager"}}
+
+
 @contextlib.contextmanager
 def _instance():
     import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
 
-    if os.environ.get("DAGSTER_HOME"):
-        with dg.DagsterInstance.get() as instance:
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        home = os.path.expanduser(home)
+        if not os.path.isabs(home) or not os.path.isdir(home):
+            raise UsageError(f"DAGSTER_HOME={home} must be the absolute path of an existing directory")
+        with dg.DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=NO_COMPUTE_LOGS)) as instance:
             yield instance
         return
     with tempfile.TemporaryDirectory(prefix="comfy-check-dagster-") as home:
-        with dg.DagsterInstance.local_temp(home) as instance:
+        with dg.DagsterInstance.local_temp(home, overrides=NO_COMPUTE_LOGS) as instance:
             yield instance
 
 
