@@ -61,6 +61,7 @@ def describe(spec: PromptSpec, image: Path | None, result: JobResult, workflow: 
         "job": result.job.key, "prompt": spec.text, "spec": {k: v for k, v in spec.to_dict().items() if k != "extra"},
         "seed": spec.seed, "requested_size": f"{spec.width}x{spec.height}", "workflow": workflow.name,
         "workflow_sha256": workflow.sha256, "prompt_id": result.prompt_id, "backend": server["backend"],
+        "comfyui_url": result.server or server["url"],  # the server that made it
         "comfyui_version": server["comfyui_version"], "gpu": server["gpu"], "path": str(path),
         "size_bytes": path.stat().st_size, "sha256": sha256_file(path), "timings_s": timings,
         "cached_nodes": result.cached_nodes,

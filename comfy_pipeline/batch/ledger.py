@@ -34,15 +34,16 @@ class Entry:
 
 
 class PromptLedger:
-    """The record of one run's prompts on one server."""
+    """The record of one run's prompts, on whichever servers they went to."""
 
-    def __init__(self, output_dir: str | Path, run_id: str, server: str):
+    def __init__(self, output_dir: str | Path, run_id: str):
         self.path = outputs.confined(Path(output_dir) / FOLDER, f"{outputs.slugify(run_id, 64)}.jsonl")
-        self.run_id, self.server = run_id, server
+        self.run_id = run_id
 
-    def record(self, prompt_id: str) -> None:
-        """Called before the prompt is submitted: a crash right after the submit still leaves its id behind."""
-        entry = {"run_id": self.run_id, "prompt_id": prompt_id, "server": self.server,
+    def record(self, prompt_id: str, server: str) -> None:
+        """Called before the prompt is submitted: a crash right after the submit still leaves its id behind.
+        A prompt moved to another server is recorded once more, with that server."""
+        entry = {"run_id": self.run_id, "prompt_id": prompt_id, "server": server,
                  "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
         outputs.append_line(self.path, json.dumps(entry))
 
@@ -106,14 +107,25 @@ def cancel_orphans(output_dir: str | Path, server: str, cancel: Callable[[str], 
         mine = [e for e in entries if e.server == server]
         if not mine:
             continue  # another server's prompts: whoever talks to that server cleans them up
-        failed = False
+        kept = [e for e in entries if e.server != server]  # other servers' prompts: swept by whoever talks to them
         for entry in mine:
             try:
                 cancel(entry.prompt_id)
                 cancelled.append(entry)
-            except Exception as exc:  # keep the record: the next sweep tries again
+            except Exception as exc:  # keep it on record: the next sweep tries again
                 log.warning("could not cancel prompt %s of dead run %s: %s", entry.prompt_id, entry.run_id, exc)
-                failed = True
-        if not failed and len(mine) == len(entries):
-            path.unlink(missing_ok=True)
+                kept.append(entry)
+        _rewrite(path, kept)
     return cancelled
+
+
+def _rewrite(path: Path, entries: list[Entry]) -> None:
+    """Keep only `entries` on record (atomically); no entries left, no record."""
+    if not entries:
+        path.unlink(missing_ok=True)
+        return
+    lines = [json.dumps({"run_id": e.run_id, "prompt_id": e.prompt_id, "server": e.server, "host": e.host,
+                         "pid": e.pid}) for e in entries]
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    part.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(part, path)

@@ -8,7 +8,7 @@ from typing import Any
 from comfy_pipeline.batch import outputs
 from comfy_pipeline.batch.inspection import cell
 
-COLUMNS = ["prompt", "asset", "check", "passed", "value", "expected", "path", "message"]
+COLUMNS = ["prompt", "asset", "check", "passed", "value", "expected", "path", "server", "message"]
 
 
 @dataclass
@@ -38,12 +38,13 @@ def write_report(folder: Path, run_id: str, produced: dict[str, dict]) -> Report
             rows += [
                 {"prompt": item["prompt"], "asset": asset_name, "check": check["name"], "passed": bool(check["passed"]),
                  "value": cell(check["value"]), "expected": cell(check["expected"]), "path": item["path"],
-                 "message": check["message"]}
+                 "server": item.get("comfyui_url", ""), "message": check["message"]}
                 for check in item["checks"]
             ]
         for failure in meta.get("failed") or []:
             rows.append({"prompt": failure["prompt"], "asset": asset_name, "check": "produced", "passed": False,
-                         "value": "no output", "expected": "an output", "path": "", "message": f"{failure['job']}: {failure['error']}"})
+                         "value": "no output", "expected": "an output", "path": "",
+                         "server": failure.get("comfyui_url") or "", "message": f"{failure['job']}: {failure['error']}"})
     frame = pd.DataFrame(rows, columns=COLUMNS)
     backend = ", ".join(sorted(backends))
     summary = {

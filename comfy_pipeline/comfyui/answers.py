@@ -32,6 +32,14 @@ class _Queue(_Open):
     queue_pending: list[list[Any]]
 
 
+class _ExecInfo(_Open):
+    queue_remaining: int
+
+
+class _QueueRemaining(_Open):
+    exec_info: _ExecInfo
+
+
 class _Status(_Open):
     status_str: str | None = None
     completed: bool | None = None
@@ -59,6 +67,7 @@ class _Uploaded(_Open):
 _SHAPES: dict[str, TypeAdapter] = {
     "/system_stats": TypeAdapter(_SystemStats),
     "/queue": TypeAdapter(_Queue),
+    "/prompt": TypeAdapter(_QueueRemaining),
     "/object_info": TypeAdapter(dict[str, dict[str, Any]]),
     "/history": TypeAdapter(dict[str, _HistoryEntry]),
     "POST /prompt": TypeAdapter(_PromptAccepted),

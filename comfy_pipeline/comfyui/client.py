@@ -287,6 +287,11 @@ class ComfyUIClient:
     def queue(self) -> dict:
         return self._get_json("/queue")
 
+    def queue_remaining(self) -> int:
+        """Prompts running or pending on the server, everyone's: GET /prompt, a few bytes where /queue lists
+        every queued graph in full."""
+        return max(0, int(self._get_json("/prompt")["exec_info"]["queue_remaining"]))
+
     def object_info(self) -> dict:
         """All node classes the server knows (1.6 MB on a stock server), fetched once per client."""
         with self._lock:
@@ -500,10 +505,12 @@ class ComfyUIClient:
                             # A dead server would otherwise hold the run for the whole prompt timeout. A slow
                             # one may still take the cancel: the prompt must not run on after we gave up on it.
                             self._cancel_quietly(prompt_id)
-                            raise ServerUnreachable(
+                            gone_down = ServerUnreachable(
                                 self.url, f"no usable answer for {self.server_down_timeout:g} s while waiting for "
                                 f"prompt {prompt_id} ({exc}); whether it ran is unknown"
-                            ) from None
+                            )
+                            gone_down.prompt_started = started is not None  # never seen running: may move
+                            raise gone_down from None
                         self.log.info("checking prompt %s failed (%s); trying again", prompt_id, exc)
                         entry, state = None, "unreachable"
                     else:

@@ -14,6 +14,8 @@ class ComfyUIError(Exception):
 class ServerUnreachable(ComfyUIError):
     """The server could not be reached (refused, DNS, TLS, connect timeout)."""
 
+    prompt_started: bool | None = None  # when it went down during a wait: whether the prompt was seen running
+
     def __init__(self, url: str, reason: str):
         self.url = url
         self.reason = reason

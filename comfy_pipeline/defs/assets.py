@@ -230,7 +230,7 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
     workflow = _load(workflow_name)
     server = {**_server_info(context, comfy), "workflow_load_s": round(time.monotonic() - loading_started, 4)}
     folder = outputs.kind_dir(_run_folder(context, comfy), kind.folder)
-    _cancel_orphans(context, comfy)
+    _cancel_orphans(context, comfy, server)
     run_tag = context.run_id[:8]
     jobs = []
     for i, spec, image in sources:
@@ -255,7 +255,7 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
             spec = source_of[result.job.key][0]
             checking[result.job.key] = pool.submit(kind.inspect, result.files[0], spec, workflow, quality)
 
-        results = _run(context, comfy, jobs, check_when_home)
+        results = _run(context, comfy, server, jobs, check_when_home)
         made = [(spec, image, r) for (_, spec, image), r in zip(sources, results) if r.ok]
         inspections = [checking[r.job.key].result() for _, _, r in made]  # every good result was handed over
     items = [describe(spec, image, result, workflow, server, found) for (spec, image, result), found in zip(made, inspections)]
@@ -298,6 +298,8 @@ def _server_info(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> d
     except ComfyUIError as exc:
         _fail(context, dg.Failure(description=str(exc), metadata={"comfyui_url": comfy.display_url},
                                   allow_retries=False), transient=_transient(exc))
+    for problem in info["unreachable"]:
+        context.log.warning(f"not answering, left out of this step: {problem}")
     if _first_in_run(context, info["backend"]):
         if info["backend"] == "simulator":
             context.log.warning(
@@ -324,18 +326,20 @@ def _run_folder(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> Pa
     return outputs.run_dir(comfy.output_path, context.run_id, started)
 
 
-def _cancel_orphans(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> None:
+def _cancel_orphans(context: dg.AssetExecutionContext, comfy: ComfyUIResource, server: dict) -> None:
     """Clean up after dead runs before queueing our own work: their prompts on this server (batch.ledger) and
     their partial downloads in the output folder."""
-    client = comfy.get_client()
     ended = lambda run_id: run_has_ended(context.instance, run_id)  # noqa: E731
-    found = ledger.cancel_orphans(comfy.output_path, client.url, client.cancel, ended)
+    for client in comfy.get_clients():
+        if client.url not in server["servers"]:
+            continue  # not answering: swept once it is back
+        found = ledger.cancel_orphans(comfy.output_path, client.url, client.cancel, ended)
+        for run_id in sorted({e.run_id for e in found}):
+            ids = [e.prompt_id for e in found if e.run_id == run_id]
+            context.log.warning(f"run {run_id} died with {len(ids)} prompt(s) on {client.url}; cancelled them "
+                                "there: " + ", ".join(ids))
     for part in outputs.remove_stale_parts(comfy.output_path, ended):
         context.log.info(f"removed {part}, a partial download a dead run left behind")
-    for run_id in sorted({e.run_id for e in found}):
-        ids = [e.prompt_id for e in found if e.run_id == run_id]
-        context.log.warning(f"run {run_id} died with {len(ids)} prompt(s) on {client.url}; cancelled them there: "
-                            + ", ".join(ids))
 
 
 def run_has_ended(instance: dg.DagsterInstance, run_id: str) -> bool:
@@ -343,15 +347,15 @@ def run_has_ended(instance: dg.DagsterInstance, run_id: str) -> bool:
     return run is None or run.is_finished
 
 
-def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[Job],
+def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, server: dict, jobs: list[Job],
          on_result: Callable[[JobResult], None]) -> list[JobResult]:
     _warm_up_report_imports()
-    client = comfy.get_client()
-    record = ledger.PromptLedger(comfy.output_path, context.run_id, client.url)
+    clients = [c for c in comfy.get_clients() if c.url in server["servers"]]  # those that answered
+    record = ledger.PromptLedger(comfy.output_path, context.run_id)
     try:
         with interrupt_flag() as stop:
             results = run_batch(
-                client, jobs, max_in_flight=comfy.max_in_flight, prompt_timeout=comfy.prompt_timeout,
+                clients, jobs, max_in_flight=comfy.max_in_flight, prompt_timeout=comfy.prompt_timeout,
                 queue_timeout=comfy.queue_timeout, on_progress=ProgressLogger(context.log), stop=stop,
                 logger=context.log, ledger=record, on_result=on_result,
             )
@@ -366,7 +370,8 @@ def _run(context: dg.AssetExecutionContext, comfy: ComfyUIResource, jobs: list[J
     record.close()
     for result in results:
         if result.ok:
-            context.log.info(f"{result.job.key}: {result.files[0]} (prompt {result.prompt_id})")
+            via = f" on {result.server}" if len(clients) > 1 else ""
+            context.log.info(f"{result.job.key}: {result.files[0]} (prompt {result.prompt_id}{via})")
         else:
             context.log.error(f"{result.job.key}: {result.error}")
     return results
@@ -409,7 +414,7 @@ def _failed_prompt(spec: PromptSpec, result: JobResult) -> dict[str, Any]:
     meta = _failure_metadata(result.error)
     return {
         "job": result.job.key, "prompt": spec.text, "spec": {k: v for k, v in spec.to_dict().items() if k != "extra"},
-        "prompt_id": result.prompt_id, "error": str(result.error),
+        "prompt_id": result.prompt_id, "comfyui_url": result.server, "error": str(result.error),
         "error_type": meta["error_type"], "comfyui_node": meta.get("comfyui_node"),
     }
 

@@ -145,15 +145,18 @@ def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: Comf
     running on the server: cancel them (batch.ledger). Only for a configured server: the embedded simulator
     died with the run."""
     run_id = context.dagster_run.run_id
-    if not comfy.configured_url() or not ledger.has_record(comfy.output_path, run_id):
+    if comfy.configured_urls() in ([], ["simulator"]) or not ledger.has_record(comfy.output_path, run_id):
         return
     try:
-        client = comfy.get_client()
-        found = ledger.cancel_orphans(comfy.output_path, client.url, client.cancel, lambda _: True, only_run=run_id)
-    except Exception as exc:  # the log line below matters more; the next batch sweeps again
-        context.log.warning(f"could not cancel the prompts run {run_id} left on the server: {scrub(str(exc), [comfy.token, comfy.password])}")
-        return
+        for client in comfy.get_clients():
+            try:
+                found = ledger.cancel_orphans(comfy.output_path, client.url, client.cancel, lambda _: True,
+                                              only_run=run_id)
+            except Exception as exc:  # the next batch against that server sweeps again
+                context.log.warning(f"could not cancel the prompts run {run_id} left on {client.url}: "
+                                    f"{scrub(str(exc), [comfy.token, comfy.password])}")
+                continue
+            if found:
+                context.log.warning(f"cancelled {len(found)} prompt(s) that failed run {run_id} left on {client.url}")
     finally:
         comfy.close()
-    if found:
-        context.log.warning(f"cancelled {len(found)} prompt(s) that failed run {run_id} left on {client.url}")
