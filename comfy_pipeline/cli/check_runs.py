@@ -177,6 +177,8 @@ class TaggedStream:
         self._local.tag = name
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # a text stream, as click and others probe by writing b""
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         tag = getattr(self._local, "tag", None)
         if tag:
             text = "".join(f"{tag}|{line}" if line.strip() else line for line in text.splitlines(keepends=True))
