@@ -24,7 +24,7 @@ from comfy_pipeline.media import probe_video
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.simulator.render import generated_image
 from comfy_pipeline_tests.conftest import free_port, wait_until
-from comfy_pipeline_tests.test_pipeline_jobs import check_evaluations, failure_text, materializations
+from comfy_pipeline_tests.test_pipeline_jobs import check_evaluations, failure_text, items_of, materializations
 
 BIN = Path(sys.executable).parent
 SMALL = {"width": 256, "height": 256, "frames": 9, "fps": 8}
@@ -75,7 +75,10 @@ def materialization_of(instance: dg.DagsterInstance, run_id: str, asset: str) ->
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
         materialization = record.event_log_entry.asset_materialization
         if materialization.asset_key == dg.AssetKey(asset):
-            return {k: v.value for k, v in materialization.metadata.items()}
+            meta = {k: v.value for k, v in materialization.metadata.items()}
+            if "items_json" in meta:  # the outputs' list is a file the metadata points to
+                meta["items"] = json.loads(Path(meta["items_json"]).read_text())["items"]
+            return meta
     return None
 
 
@@ -174,9 +177,9 @@ def test_reexecute_from_failure_after_the_server_died_mid_run(tmp_path):
             (videos,) = materializations(again, "ltx2_video")
             assert videos.metadata["input_generated_image_from"].value == "parent run (re-execution)"
             assert videos.metadata["input_generated_image_run"].value == first.run_id
-            assert [v["prompt"] for v in videos.metadata["items"].value] == [p["text"] for p in prompts]
-            first_images = materializations(first, "generated_image")[0].metadata["items"].value
-            assert [v["input_image"] for v in videos.metadata["items"].value] == [i["path"] for i in first_images]
+            assert [v["prompt"] for v in items_of(videos)] == [p["text"] for p in prompts]
+            first_images = items_of(materializations(first, "generated_image")[0])
+            assert [v["input_image"] for v in items_of(videos)] == [i["path"] for i in first_images]
     finally:
         sim.stop()
 

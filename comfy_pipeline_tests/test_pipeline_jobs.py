@@ -25,6 +25,11 @@ def execute(job_name: str, instance, config: dict):
     return defs.resolve_job_def(job_name).execute_in_process(run_config=config, instance=instance, raise_on_error=False)
 
 
+def items_of(materialization: dg.AssetMaterialization) -> list[dict]:
+    """The outputs a materialization recorded: the metadata points to the JSON listing (it grows with the run)."""
+    return json.loads(Path(materialization.metadata["items_json"].value).read_text())["items"]
+
+
 def materializations(result, asset: str) -> list[dg.AssetMaterialization]:
     return [
         e.event_specific_data.materialization
@@ -74,7 +79,8 @@ def test_image_to_video_job_produces_validated_outputs_with_metadata_and_lineage
         assert image_meta["workflow"].value == "z_image_turbo_generation"
         assert len(image_meta["workflow_sha256"].value) == 64
         assert image_meta["preview"].value.count("data:image/") == 2
-        items = image_meta["items"].value
+        assert Path(image_meta["items_json"].value).is_relative_to(out)  # the list is a file, not metadata
+        items = items_of(materializations(result, "generated_image")[0])
         for item in items:
             path = Path(item["path"])
             assert path.is_file() and path.is_relative_to(out)
@@ -82,7 +88,7 @@ def test_image_to_video_job_produces_validated_outputs_with_metadata_and_lineage
             assert all(c["passed"] for c in item["checks"])
             assert item["prompt_id"]
 
-        video_items = materializations(result, "ltx2_video")[0].metadata["items"].value
+        video_items = items_of(materializations(result, "ltx2_video")[0])
         assert len(video_items) == 2
         info = probe_video(Path(video_items[0]["path"]))
         assert (info.width, info.height, info.frame_count, round(info.fps)) == (1280, 704, 17, 24)
@@ -131,7 +137,7 @@ def test_video_generation_job_from_an_input_image(sim, tmp_path):
     with dg.instance_for_test() as instance:
         result = execute("video_generation_job", instance, config)
         assert result.success, [e.message for e in result.all_events if e.is_failure]
-        item = materializations(result, "ltx2_video")[0].metadata["items"].value[0]
+        item = items_of(materializations(result, "ltx2_video")[0])[0]
         assert probe_video(Path(item["path"])).frame_count == 9
 
 
@@ -180,13 +186,13 @@ def test_one_failed_prompt_costs_only_itself(sim, tmp_path):
         text = failure_text(result)
         assert "1 prompt(s) failed" in text and "prompt 0 ('the unlucky one')" in text and "node 57:3 (KSampler)" in text
         (images,) = materializations(result, "generated_image")
-        assert [i["prompt"] for i in images.metadata["items"].value] == ["the lucky one", "the other lucky one"]
+        assert [i["prompt"] for i in items_of(images)] == ["the lucky one", "the other lucky one"]
         assert images.metadata["failed_prompts"].value == 1
         assert check_evaluations(result)["image_quality"] is False  # a prompt without output is not a pass
         (videos,) = materializations(result, "ltx2_video")
-        made = [probe_video(Path(i["path"])) for i in videos.metadata["items"].value]
+        made = [probe_video(Path(i["path"])) for i in items_of(videos)]
         assert [v.frame_count for v in made] == [17, 17]
-        assert [i["prompt"] for i in videos.metadata["items"].value] == ["the lucky one", "the other lucky one"]
+        assert [i["prompt"] for i in items_of(videos)] == ["the lucky one", "the other lucky one"]
         (report,) = materializations(result, "validation_report")
         rows = json.loads(Path(report.metadata["report_json"].value).read_text())["rows"]
         (missing,) = [r for r in rows if not r["passed"]]

@@ -23,6 +23,7 @@ from comfy_pipeline_tests.test_check_cli import check
 from comfy_pipeline_tests.test_pipeline_jobs import (
     execute,
     failure_text,
+    items_of,
     materializations,
 )
 
@@ -113,7 +114,7 @@ def test_restart_forgetting_the_prompt_resubmits_it_once_under_the_same_id(insta
     sim.set_fault("restart", count=1)  # the server restarts while the first prompt runs
     result = execute("image_generation_job", instance, config(sim.url, tmp_path / "out", prompts(1)))
     assert result.success, failure_text(result)
-    (item,) = materializations(result, "generated_image")[0].metadata["items"].value
+    (item,) = items_of(materializations(result, "generated_image")[0])
     assert all(c["passed"] for c in item["checks"])
     assert runs_of(sim) == {item["prompt_id"]: 2}  # abandoned by the restart, then run once more
     history = requests.get(f"{sim.url}/history", timeout=5).json()
@@ -127,7 +128,7 @@ def test_restart_with_a_full_queue_resubmits_every_forgotten_prompt_once(instanc
         when_running(sim, sim.restart)  # the running prompt and the queued ones are all forgotten
         result = execute("image_generation_job", instance, config(sim.url, tmp_path / "out", prompts(3)))
         assert result.success, failure_text(result)
-        ids = [i["prompt_id"] for i in materializations(result, "generated_image")[0].metadata["items"].value]
+        ids = [i["prompt_id"] for i in items_of(materializations(result, "generated_image")[0])]
         history = requests.get(f"{sim.url}/history", timeout=5).json()
         assert sorted(history) == sorted(ids)  # each finished once
         assert all(count <= 2 for count in runs_of(sim).values())
@@ -163,7 +164,7 @@ def test_prompt_forgotten_twice_is_not_submitted_a_third_time_and_the_step_retri
     assert len(retried) == 1 and result.success
     assert sorted(runs_of(sim).values()) == [1, 2]
     (materialization,) = materializations(result, "generated_image")
-    (item,) = materialization.metadata["items"].value
+    (item,) = items_of(materialization)
     assert runs_of(sim)[item["prompt_id"]] == 1
 
 
@@ -174,7 +175,7 @@ def test_websocket_dropping_mid_run_still_completes(instance, sim, tmp_path):
     assert result.success, failure_text(result)
     assert time.monotonic() - started < 20
     assert sim.fault_hits()["drop-ws"] == 2
-    items = materializations(result, "generated_image")[0].metadata["items"].value
+    items = items_of(materializations(result, "generated_image")[0])
     assert [all(c["passed"] for c in i["checks"]) for i in items] == [True, True]
 
 
@@ -340,5 +341,5 @@ def test_a_500_on_post_prompt_is_tried_once_more_under_the_same_id_and_runs_once
         proxy.close()
     assert proxy.failed  # the 500 was really served
     assert result.success, failure_text(result)
-    (item,) = materializations(result, "generated_image")[0].metadata["items"].value
+    (item,) = items_of(materializations(result, "generated_image")[0])
     assert runs_of(sim) == {item["prompt_id"]: 1}  # looked up, then posted once more: run exactly once

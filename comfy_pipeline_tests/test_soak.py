@@ -16,6 +16,7 @@ from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.test_pipeline_jobs import (
     execute,
     failure_text,
+    items_of,
     materializations,
 )
 
@@ -54,7 +55,7 @@ def _outcomes(result, job: str, size: int) -> list[str]:
             if not done:  # every prompt of the run failed at this stage
                 outcome = "UNCLEAR: stage recorded nothing"
                 break
-            items = {item["job"]: item for item in done[0].metadata["items"].value}
+            items = {item["job"]: item for item in items_of(done[0])}
             if f"{key} {i}" not in items:
                 outcome = f"UNCLEAR: {key} {i} neither failed nor recorded"
                 break

@@ -49,7 +49,9 @@ JOB_FOR_KIND = {
 }
 PHASES = ("connection", "workflow_load", "upload", "queue_wait", "execution", "download", "validation")
 # Runs in flight at once: one on the GPU, one queued behind it, one starting up or checking its outputs.
+# COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT=1 runs one test after another (the bench measures both).
 MAX_RUNS_IN_FLIGHT = 3
+RUNS_IN_FLIGHT_ENV = "COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT"
 
 
 class UsageError(Exception):
@@ -149,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    _runs_in_flight()  # a bad setting is a usage error before any work
     tests = plan_tests(args)
     with _server(args) as (url, backend_note):
         if backend_note:
@@ -212,7 +215,7 @@ def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args
         return result.success
 
     window: RunWindow[Test, TestResult] = RunWindow(
-        max_in_flight=MAX_RUNS_IN_FLIGHT,
+        max_in_flight=_runs_in_flight(),
         # A run has its prompts on the server once its ledger records one (written just before each submit).
         queued=lambda run_id: ledger.has_record(output_dir, run_id),
         interrupt_error=dg.DagsterExecutionInterruptedError,
@@ -231,6 +234,17 @@ def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args
     if store.breaker_open:
         _print_breaker(store, outcome)
     return results
+
+
+def _runs_in_flight() -> int:
+    text = os.environ.get(RUNS_IN_FLIGHT_ENV, str(MAX_RUNS_IN_FLIGHT))
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{RUNS_IN_FLIGHT_ENV} must be a whole number of runs, 1 or more; got {text!r}")
+    return value
 
 
 def _print_breaker(store: CheckpointStore, outcome: WindowOutcome) -> None:

@@ -265,7 +265,8 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
         errors = [r.error for r in results if not r.ok]
         _fail(context, dg.Failure(description=summary, metadata=_failure_metadata(errors[0]), allow_retries=False),
               transient=all(_transient(e) for e in errors))
-    yield _materialize(context, kind, items, server, failed, lineage)
+    listing = outputs.kind_dir(_run_folder(context, comfy), "reports") / f"{context.asset_key.to_user_string()}_items.json"
+    yield _materialize(context, kind, items, server, failed, lineage, listing)
     broken = [item["path"] for item in items if not _passed(item)]
     if (failed or broken) and not _downstream_in_run(context, kind):
         raise dg.Failure(
@@ -438,7 +439,10 @@ def _downstream_in_run(context: dg.AssetExecutionContext, kind: _Kind) -> bool:
 
 
 def _materialize(context, kind: _Kind, items: list[dict], server: dict, failed: list[dict],
-                 lineage: dict[str, dict]) -> dg.MaterializeResult:
+                 lineage: dict[str, dict], listing: Path) -> dg.MaterializeResult:
+    """The manifest (the asset's value) and the metadata the UI shows. The metadata stays the same size however
+    many prompts a run has: the first output's facts, counts, at most MAX_PREVIEWS previews and MAX_TABLE_ROWS
+    rows; the full list of outputs is written to `listing`, which the metadata points to."""
     phases: dict[str, float] = {"connection": server["connection_s"], "workflow_load": server["workflow_load_s"]}
     for item in items:
         for phase, seconds in item["timings_s"].items():
@@ -449,9 +453,11 @@ def _materialize(context, kind: _Kind, items: list[dict], server: dict, failed: 
         "items": recorded, "failed": failed, "backend": server["backend"], "comfyui_url": server["url"],
         "workflow": first["workflow"], "workflow_sha256": first["workflow_sha256"], "timings_s": phases,
     }
+    outputs.write_json(listing, {"items": recorded, "failed": failed}, replace=True)  # a retried step rewrites it
+    servers = sorted({item["comfyui_url"] for item in items})
     metadata: dict[str, Any] = {
         "backend": server["backend"],
-        "comfyui_url": server["url"],
+        "comfyui_url": ", ".join(servers),
         "comfyui_version": server["comfyui_version"] or "?",
         "gpu": server["gpu"] or "?",
         "vram_total_gb": server["vram_total_gb"],
@@ -469,7 +475,8 @@ def _materialize(context, kind: _Kind, items: list[dict], server: dict, failed: 
         "execution_s": first["timings_s"].get("execution", 0.0),
         "download_s": first["timings_s"].get("download", 0.0),
         "timings_s": dg.MetadataValue.json(phases),
-        "items": dg.MetadataValue.json(recorded),
+        "items_json": dg.MetadataValue.path(str(listing)),
+        "outputs_per_server": dg.MetadataValue.json({url: sum(i["comfyui_url"] == url for i in items) for url in servers}),
         "preview": dg.MetadataValue.md(
             "\n\n".join(f"**{_md(item['prompt'])[:120]}**\n\n{item['preview']}" for item in items[:MAX_PREVIEWS])
         ),

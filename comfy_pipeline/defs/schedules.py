@@ -10,6 +10,7 @@ from comfy_pipeline.defs.resources import ComfyUIResource
 
 DAILY_CRON = os.environ.get("COMFY_PIPELINE_DAILY_CRON", "0 2 * * *")
 TIMEZONE = os.environ.get("COMFY_PIPELINE_TIMEZONE", "UTC")
+_SUBMITTED = [status for status in dg.DagsterRunStatus if status != dg.DagsterRunStatus.NOT_STARTED]
 
 
 @dg.schedule(
@@ -25,6 +26,11 @@ def daily_image_to_video_schedule(context: dg.ScheduleEvaluationContext, comfy: 
     if breaker.open:
         return dg.SkipReason(breaker.message)
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    # Dagster scopes a schedule's run key to one tick, so a cron that ticks twice a day would run twice: skip a day
+    # that has its run (a run created but never submitted, NOT_STARTED, is the same tick retried: let it through).
+    ran = context.instance.get_run_records(dg.RunsFilter(tags={"comfy_pipeline/date": day}, statuses=_SUBMITTED), limit=1)
+    if ran:
+        return dg.SkipReason(f"The run of {day} exists already ({ran[0].dagster_run.run_id}): one run per day.")
     return dg.RunRequest(
         run_key=f"daily-{day}",
         run_config={"ops": {"prompt": {"config": {"use_library": True}}}},

@@ -1,4 +1,6 @@
-"""`comfy-pipeline bench [--json] [--quick]`: the performance figures, ours next to the baseline's.
+"""`comfy-pipeline bench [--json] [--quick] [--scale]`: the performance figures, ours next to the baseline's.
+
+Every figure carries the 1-minute load average before and after its measurement.
 
 Exit code 0 when every target is met, 1 when one is missed (or could not be measured), 2 on usage errors.
 """
@@ -24,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--quick", action="store_true",
                         help="fewer prompts and a 64 MiB download instead of 1 GiB (well under a minute)")
+    parser.add_argument("--scale", action="store_true",
+                        help="also the figures at scale: client cost per prompt (100 and 1,000 prompts), peak RSS "
+                        "from 10 to 1,000 prompts, Dagster event-log rows and metadata per prompt, and the GPU "
+                        "utilisation of `comfy-pipeline check` (about 2 more minutes; less with --quick)")
     parser.set_defaults(func=run)
 
 
@@ -33,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from comfy_pipeline.cli.bench.definitions_load import definitions_validate
     from comfy_pipeline.cli.bench.memory import download_memory
     from comfy_pipeline.cli.bench.report import as_json, machine, table
+    from comfy_pipeline.cli.bench import scale
 
     plan = measurements.QUICK if args.quick else measurements.FULL
     host = machine()
@@ -56,13 +63,25 @@ def run(args: argparse.Namespace) -> int:
         _measure(figures, "video validation",
                  lambda: [measurements.video_validation(video[0] if video else None, plan.video_repeats)],
                  ["video_validation_s"])
+        if args.scale:
+            sizes = scale.QUICK_SCALE if args.quick else scale.FULL_SCALE
+            _measure(figures, "check GPU utilisation", lambda: [scale.check_utilisation(sizes, work / "check")],
+                     ["check_gpu_utilisation"])
+            _measure(figures, "client cost and memory at scale", lambda: scale.client_figures(sizes, work / "client"),
+                     [*(f"client_cost_per_prompt_ms_{n}" for n in sizes.client_sizes[1:]), "peak_rss_growth_mb"])
+            _measure(figures, "Dagster event log and metadata per prompt",
+                     lambda: scale.event_log_figures(sizes, work / "events"),
+                     ["event_log_rows_per_prompt", "metadata_bytes_per_prompt"])
+            # Throughput with 2 servers against 1 goes here once run_batch takes several clients.
     report = as_json(figures, quick=args.quick, seconds=time.monotonic() - started, host=host)
+    report["scale"] = args.scale
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(table(figures))
-        print(f"\n{'quick' if args.quick else 'full'} run, {report['seconds']} s on {host['cpus']} CPUs, "
-              f"Python {host['python']}")
+        print(f"\n{'quick' if args.quick else 'full'} run{' with --scale' if args.scale else ''}, "
+              f"{report['seconds']} s on {host['cpus']} CPUs, Python {host['python']}, load average at start "
+              f"{host['load_average_at_start']}")
     if report["missed"]:
         print(f"bench: target missed: {', '.join(report['missed'])}", file=sys.stderr)
         return 1
@@ -71,11 +90,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure(figures: list[Figure], what: str, measure: Callable[[], list[Figure]], keys: list[str]) -> None:
     """Run one measurement; if it breaks, its figures are reported as errors and the others still run."""
+    from comfy_pipeline.cli.bench.report import load_1m
+
     print(f"bench: {what} ...", file=sys.stderr, flush=True)
-    started = time.monotonic()
+    started, load_before = time.monotonic(), load_1m()
     try:
-        figures.extend(measure())
+        measured = measure()
     except Exception as exc:  # one broken measurement must not hide the others
         message = f"{type(exc).__name__}: {exc}"
-        figures.extend(Figure(key, key, "-", "-", error=message) for key in keys)
-    print(f"bench: {what}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        measured = [Figure(key, key, "-", "-", error=message) for key in keys]
+    load_after = load_1m()
+    for figure in measured:
+        figure.load = (load_before, load_after)  # what else the machine was doing: the figures depend on it
+    figures.extend(measured)
+    print(f"bench: {what}: {time.monotonic() - started:.1f} s (load average {load_before} -> {load_after})",
+          file=sys.stderr, flush=True)

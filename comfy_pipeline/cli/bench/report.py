@@ -24,6 +24,7 @@ class Figure:
     baseline: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # the measurement itself failed
+    load: tuple[float, float] | None = None  # 1-minute load average before and after its measurement
 
     @property
     def ratio(self) -> float | None:
@@ -51,6 +52,7 @@ class Figure:
             "key": self.key, "label": self.label, "unit": self.unit, "ours": self.ours, "baseline": self.baseline,
             "baseline_is": self.baseline_is, "ratio": self.ratio, "target": self.target, "goal": self.goal,
             "passed": self.passed, "details": self.details, "error": self.error,
+            "load_average_1m": None if self.load is None else {"before": self.load[0], "after": self.load[1]},
         }
 
 
@@ -66,6 +68,14 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(), "load_average_at_start": _load_average(),
         "executable": sys.executable,
     }
+
+
+def load_1m() -> float | None:
+    """The 1-minute load average now (None where the system has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _load_average() -> list[float] | None:
@@ -87,16 +97,19 @@ def as_json(figures: list[Figure], *, quick: bool, seconds: float, host: dict[st
 
 
 def table(figures: list[Figure]) -> str:
-    rows = [("figure", "ours", "baseline", "ratio", "target", "result")]
+    rows = [("figure", "ours", "baseline", "ratio", "target", "result", "load 1m")]
     for f in figures:
         result = "ERROR" if f.error else {True: "pass", False: "MISSED", None: "-"}[f.passed]
-        rows.append((f"{f.label} ({f.unit})", _num(f.ours), _num(f.baseline), _num(f.ratio), f.target_text, result))
+        load = "-" if f.load is None or None in f.load else f"{f.load[0]:.2f}-{f.load[1]:.2f}"
+        rows.append((f"{f.label} ({f.unit})", _num(f.ours), _num(f.baseline), _num(f.ratio), f.target_text, result,
+                     load))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     baselines = sorted({f.baseline_is for f in figures})
-    lines += ["", "baseline: " + "; ".join(baselines)]
+    lines += ["", "baseline: " + "; ".join(baselines),
+              "load 1m: the 1-minute load average before and after the figure was measured"]
     lines += [f"{f.key}: {f.error}" for f in figures if f.error]
     return "\n".join(lines)
 
