@@ -5,6 +5,7 @@ offline.
     COMFYUI_URL=http://127.0.0.1:8188 pytest -m real_comfyui
 """
 
+import json
 import os
 import time
 import uuid
@@ -111,3 +112,27 @@ def test_the_official_workflows_lack_only_their_models(client, name):
     report = preflight(graph, client.object_info(), source=client.url, server_version=version)
     kinds = {p.kind for p in report.problems}
     assert kinds <= {"missing_model"}, [p.format() for p in report.problems]
+
+
+SECOND = os.environ.get("COMFYUI_URL_2")
+
+
+@pytest.mark.skipif(not SECOND, reason="set COMFYUI_URL_2 to a second real ComfyUI to share a batch between two")
+def test_two_real_servers_share_the_pipeline(tmp_path):
+    """COMFYUI_URL and COMFYUI_URL_2 (e.g. 0.33.0 and 0.8.0) as the resource's `urls`."""
+    config = {
+        "resources": {"comfy": {"config": {"urls": [URL, SECOND], "output_dir": str(tmp_path), "max_in_flight": 2}},
+                      "quality": {"config": FLAT_OUTPUTS}},
+        "ops": {**SMOKE["ops"], "prompt": {"config": {"prompts": [
+            {"text": f"real-server take {i}", "width": 320, "height": 256, "frames": 9, "fps": 8, "seed": i}
+            for i in range(4)]}}},
+    }
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("image_to_video_job").execute_in_process(
+            run_config=config, instance=instance, raise_on_error=False)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+    (report,) = tmp_path.rglob("validation_report.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert {row["server"] for row in rows} == {ComfyUIClient(URL).url, ComfyUIClient(SECOND).url}
+    assert all(row["passed"] for row in rows)
+    assert len(list(tmp_path.rglob("*.png"))) == 4 and len(list(tmp_path.rglob("*.mp4"))) == 4
