@@ -189,6 +189,8 @@ class _Batch:
         self.pending: deque[JobResult] = deque(results)
         self.cond = threading.Condition()
         self.closing = False
+        self.failed = threading.Event()  # the batch is being abandoned: cancelled prompts are never resubmitted
+        self.halted = _AnyOf(stop, self.failed)
         self.crashed: BaseException | None = None  # an unexpected error in a finisher thread, raised here
         self.down: ServerUnreachable | None = None  # the last server that stopped answering
 
@@ -203,6 +205,7 @@ class _Batch:
                 pass
         except BaseException:
             # Also DagsterExecutionInterruptedError / KeyboardInterrupt: nothing may keep running on the GPU.
+            self.failed.set()
             for lane in self.lanes:
                 for item in list(lane.in_flight):
                     _cancel_quietly(lane.client, item.result.prompt_id)
@@ -270,10 +273,10 @@ class _Batch:
                 with self.cond:
                     while not lane.in_flight and not self.closing:
                         self.cond.wait()
-                    if not lane.in_flight:
+                    if not lane.in_flight or self.failed.is_set():
                         return
                     current = lane.in_flight[0]  # stays listed until finished, so an interrupt cancels it too
-                _finish(lane.client, current, self.timeouts, self.on_progress, self.stop, self.logger,
+                _finish(lane.client, current, self.timeouts, self.on_progress, self.halted, self.logger,
                         lane.object_info, self.ledger)
                 if self.on_result is not None and current.result.ok:
                     self.on_result(current.result)
@@ -282,7 +285,7 @@ class _Batch:
                     if lane.in_flight and lane.in_flight[0] is current:
                         lane.in_flight.popleft()
                     left_behind: list[_InFlight] = []
-                    if isinstance(error, ServerUnreachable) and not self.stop.is_set():
+                    if isinstance(error, ServerUnreachable) and not self.halted.is_set():
                         left_behind = self._server_down(lane, error, [current, *lane.in_flight])
                         lane.in_flight.clear()
                     self.cond.notify_all()
@@ -314,6 +317,16 @@ class _Batch:
             self.logger.warning(f"{error} -- it gets no more prompts; {len(moving)} prompt(s) that had not "
                                 "started there move to the other server(s) under their own ids")
         return [item for item in on_it if item.result.prompt_id]
+
+
+class _AnyOf:
+    """Set when any of its events is (the caller's stop, or the batch failing)."""
+
+    def __init__(self, *events: threading.Event):
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)
 
 
 def _least_loaded(alive: list[_Lane], room: list[_Lane]) -> _Lane | None:
@@ -387,7 +400,7 @@ def _submit_once(client: "ComfyUIClient", graph: dict, prompt_id: str) -> str:
 
 
 def _finish(client: "ComfyUIClient", item: _InFlight, timeouts: tuple[float, float | None],
-            on_progress: ProgressCallback | None, stop: threading.Event, logger: logging.Logger,
+            on_progress: ProgressCallback | None, stop: "threading.Event | _AnyOf", logger: logging.Logger,
             object_info: dict, ledger: "PromptLedger | None") -> None:
     result = item.result
     job = result.job
