@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,35 +98,43 @@ def cancel_orphans(output_dir: str | Path, server: str, cancel: Callable[[str], 
         return []
     cancelled: list[Entry] = []
     for path in sorted(folder.glob("*.jsonl")):
-        entries = read(path)
+        try:
+            entries = read(path)
+        except FileNotFoundError:
+            continue  # its run ended, or another sweeper took it
         if not entries or (only_run and entries[0].run_id != only_run):
             continue
         first = entries[0]
         alive = _process_alive(first)
         if not only_run and (alive or (alive is None and not run_ended(first.run_id))):
             continue
-        mine = [e for e in entries if e.server == server]
-        if not mine:
+        if not any(e.server == server for e in entries):
             continue  # another server's prompts: whoever talks to that server cleans them up
+        # Several runs may start at once and sweep together: renaming the record claims it for one of them.
+        claimed = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.sweeping")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            continue
+        entries = read(claimed)
         kept = [e for e in entries if e.server != server]  # other servers' prompts: swept by whoever talks to them
-        for entry in mine:
+        for entry in (e for e in entries if e.server == server):
             try:
                 cancel(entry.prompt_id)
                 cancelled.append(entry)
             except Exception as exc:  # keep it on record: the next sweep tries again
                 log.warning("could not cancel prompt %s of dead run %s: %s", entry.prompt_id, entry.run_id, exc)
                 kept.append(entry)
-        _rewrite(path, kept)
+        _rewrite(claimed, path, kept)
     return cancelled
 
 
-def _rewrite(path: Path, entries: list[Entry]) -> None:
-    """Keep only `entries` on record (atomically); no entries left, no record."""
-    if not entries:
-        path.unlink(missing_ok=True)
-        return
-    lines = [json.dumps({"run_id": e.run_id, "prompt_id": e.prompt_id, "server": e.server, "host": e.host,
-                         "pid": e.pid}) for e in entries]
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    part.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(part, path)
+def _rewrite(claimed: Path, path: Path, entries: list[Entry]) -> None:
+    """Put `entries` back on record (atomically) and drop the claimed copy; no entries left, no record."""
+    if entries:
+        lines = [json.dumps({"run_id": e.run_id, "prompt_id": e.prompt_id, "server": e.server, "host": e.host,
+                             "pid": e.pid}) for e in entries]
+        claimed.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(claimed, path)
+    else:
+        claimed.unlink(missing_ok=True)
