@@ -44,8 +44,11 @@ def test_connection_only(sim, tmp_path):
 
 
 def test_image_only_with_two_prompts_writes_the_report(sim, tmp_path):
+    # Nothing queued ahead: each run queues its own prompt and hears its progress (test_check_overlap covers
+    # prompts queued ahead).
     proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json",
-                 "--prompt", "a red fox", "--prompt", "a blue boat", "--seed", "5")
+                 "--prompt", "a red fox", "--prompt", "a blue boat", "--seed", "5",
+                 COMFY_PIPELINE_CHECK_QUEUE_AHEAD="0")
     assert proc.returncode == 0, proc.stderr
     report = report_of(proc)
     assert [t["name"] for t in report["tests"]] == ["image-1", "image-2"]

@@ -108,3 +108,21 @@ def test_interrupt_stops_every_run_cancels_its_prompts_and_resume_finishes(tmp_p
     ran_now = {t["name"] for t in report_of(resumed)["tests"]}
     assert ran_now == {f"image-{i}" for i in range(1, 6)} - recorded
     assert report_of(resumed)["progress"]["status"] == "completed"
+
+
+def test_prompts_queued_before_dagster_loads_are_adopted_by_their_runs_and_run_once(tmp_path):
+    """The first tests' prompts are on the GPU before Dagster is imported; each test's run adopts its own (same
+    prompt id, nothing posted twice), downloads its own image and hears its progress on its socket."""
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=1.5) as sim:
+        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json", *prompts(4))
+        started = sim.started_prompts()
+    assert proc.returncode == 0, proc.stderr
+    tests = report_of(proc)["tests"]
+    assert all(t["success"] for t in tests)
+    assert len(started) == 4 and len({s["prompt_id"] for s in started}) == 4  # four prompts, each run once
+    for i, (test, ran) in enumerate(zip(tests, started)):
+        assert f"overlap-prompt-{i}" in Path(test["outputs"][0]).name
+        assert ran["filename_prefixes"] == [f"comfy_pipeline/{test['run_id'][:8]}/image_00"]  # the run's own graph
+    # The third test's prompt was still waiting when its run started: its progress reached that run.
+    assert any(line.startswith("image-3|") and "(KSampler) step" in line for line in proc.stderr.splitlines())
+    assert not list((tmp_path / "out" / ".inflight").glob("*.jsonl"))

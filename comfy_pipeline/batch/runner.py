@@ -49,6 +49,7 @@ class Job:
     dest_dir: Path
     dest_stem: str  # descriptive local file name without extension
     upload: Path | None = None  # local image to upload; its server name goes to the `image` parameter
+    prompt_id: str | None = None  # chosen ahead (see queue_ahead): a prompt queued under it is adopted, not re-posted
 
 
 @dataclass
@@ -135,6 +136,26 @@ def run_batch(
     return batch.run()
 
 
+def queue_ahead(client: "ComfyUIClient", jobs: list[Job], ledger: "PromptLedger | None" = None,
+                client_id: str | None = None) -> dict[str, str]:
+    """Queue `jobs` now, each under its `prompt_id`, so the GPU starts before whoever runs the batch is ready:
+    run_batch on the same jobs later adopts them (the client posts nothing for an id the server knows) and
+    brings their outputs home; under its client's `client_id`, its WebSocket gets their progress. Pre-flight
+    them first. Stops at the first failure (the batch will meet it again and report it); job key -> prompt id
+    of those queued."""
+    object_info = client.object_info()
+    queued = {}
+    for job in jobs:
+        if job.prompt_id is None:
+            raise ValueError(f"{job.key}: queue_ahead needs the prompt id the batch will adopt")
+        result = JobResult(job)
+        if _submit(client, result, object_info, ledger=ledger, client_id=client_id) is None:
+            log.warning("could not queue %s ahead (%s); its run will queue it itself", job.key, result.error)
+            break
+        queued[job.key] = job.prompt_id
+    return queued
+
+
 class BatchInterrupted(Exception):
     """The batch was stopped (the run was terminated); its prompts were cancelled on the ComfyUI server."""
 
@@ -196,8 +217,10 @@ class _Batch:
 
     def run(self) -> list[JobResult]:
         watcher = _CancelOnStop(self.lanes, self.stop)
+        # Named after the calling thread ("<caller>/comfy-finish-0"), so their log lines can be told apart by run.
+        caller = threading.current_thread().name
         threads = [threading.Thread(target=self._finish_lane, args=(lane,), daemon=True,
-                                    name=f"comfy-finish-{i}") for i, lane in enumerate(self.lanes)]
+                                    name=f"{caller}/comfy-finish-{i}") for i, lane in enumerate(self.lanes)]
         for thread in threads:
             thread.start()
         try:
@@ -362,7 +385,7 @@ class _CancelOnStop:
 
 
 def _submit(client: "ComfyUIClient", result: JobResult, object_info: dict, prompt_id: str | None = None,
-            ledger: "PromptLedger | None" = None, record: bool = True) -> _InFlight | None:
+            ledger: "PromptLedger | None" = None, record: bool = True, client_id: str | None = None) -> _InFlight | None:
     """Upload, inject and queue the job (under `prompt_id` when given: a resubmit, or a prompt moved from a
     server that stopped answering); None with result.error on failure. The id goes to `ledger` first, with
     the server it is for, unless `record` is False (a resubmit to the same server)."""
@@ -375,10 +398,10 @@ def _submit(client: "ComfyUIClient", result: JobResult, object_info: dict, promp
             result.timings["upload"] = time.monotonic() - started
         graph, _ = adapt_to_server(job.workflow.inject(values, filename_prefix=job.filename_prefix), object_info)
         submitted_at = time.time()
-        prompt_id = prompt_id or str(uuid.uuid4())
+        prompt_id = prompt_id or job.prompt_id or str(uuid.uuid4())
         if ledger is not None and record:
             ledger.record(prompt_id, client.url)  # before the submit: a crash right after it leaves the id behind
-        result.prompt_id = _submit_once(client, graph, prompt_id)
+        result.prompt_id = _submit_once(client, graph, prompt_id, client_id)
         log.info("queued %s as ComfyUI prompt %s", job.key, result.prompt_id)
         return _InFlight(result, submitted_at)
     except (ComfyUIError, ValueError, OSError) as exc:
@@ -386,17 +409,17 @@ def _submit(client: "ComfyUIClient", result: JobResult, object_info: dict, promp
         return None
 
 
-def _submit_once(client: "ComfyUIClient", graph: dict, prompt_id: str) -> str:
+def _submit_once(client: "ComfyUIClient", graph: dict, prompt_id: str, client_id: str | None = None) -> str:
     """Submit under our own prompt id; after a 5xx answer, try once more. Not blind: the client looks the id up
     first and posts nothing if the server did queue it, so the prompt can never run twice."""
     try:
-        return client.submit(graph, prompt_id=prompt_id)
+        return client.submit(graph, prompt_id=prompt_id, client_id=client_id)
     except ServerError as exc:
         if not (exc.status or 0) >= 500:
             raise
         log.warning("POST /prompt for %s failed (%s); trying once more under the same id", prompt_id, exc)
         time.sleep(RESUBMIT_DELAY_S)
-        return client.submit(graph, prompt_id=prompt_id)
+        return client.submit(graph, prompt_id=prompt_id, client_id=client_id)
 
 
 def _finish(client: "ComfyUIClient", item: _InFlight, timeouts: tuple[float, float | None],

@@ -18,18 +18,20 @@ import gc
 import json
 import math
 import os
+import signal
 import stat
 import sys
 import tempfile
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from comfy_pipeline.batch import ledger, outputs
-from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, tagged_stderr
+from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, sigterm_as_keyboard_interrupt, tagged_stderr
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
@@ -51,6 +53,11 @@ PHASES = ("connection", "workflow_load", "upload", "queue_wait", "execution", "d
 # Runs in flight at once: one on the GPU, one queued behind it, one starting up or checking its outputs.
 # COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT=1 runs one test after another (the bench measures both).
 MAX_RUNS_IN_FLIGHT = 3
+# Tests whose image prompts are queued before Dagster loads (the runs feed the queue after that): as many as the
+# circuit breaker's threshold, so a broken server gets no more prompts than the breaker lets fail.
+QUEUE_AHEAD = 3
+CANCEL_WAIT_S = 15.0  # how long a stopped check waits for its cancelled prompts to leave the server
+QUEUE_AHEAD_ENV = "COMFY_PIPELINE_CHECK_QUEUE_AHEAD"  # 0: none (each run queues its own, as without overlap)
 RUNS_IN_FLIGHT_ENV = "COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT"
 
 
@@ -64,6 +71,9 @@ class Test:
     kind: str  # connection | image | video | pipeline
     spec: PromptSpec | None = None
     image: Path | None = None
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # chosen ahead: its prompts are queued ahead
+    prompt_ids: list[str] = field(default_factory=list)  # image prompts queued ahead under these ids
+    client_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # ... and this client id: the run's socket
 
 
 @dataclass
@@ -151,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
-    _runs_in_flight()  # a bad setting is a usage error before any work
+    _runs_in_flight(), _queue_ahead_count()  # a bad setting is a usage error before any work
     tests = plan_tests(args)
     with _server(args) as (url, backend_note):
         if backend_note:
@@ -162,8 +172,20 @@ def _run(args: argparse.Namespace) -> int:
         skipped = len(tests) - len(to_run)
         if skipped:
             print(f"resuming: {skipped} test(s) already finished, {len(to_run)} to go", file=sys.stderr)
-        with _instance() as instance:
-            results = run_tests([t for t in tests if t.name in to_run], problems, url, args, instance, store)
+        chosen = [t for t in tests if t.name in to_run]
+        with sigterm_as_keyboard_interrupt():
+            try:
+                queue_ahead(url, chosen, problems, args)  # the GPU starts now, while Dagster loads
+                with _instance() as instance:
+                    results = run_tests(chosen, problems, url, args, instance, store)
+            except KeyboardInterrupt:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleaning up: a second Ctrl-C must not cut it short
+                _cancel_queued_ahead(url, chosen, args)
+                done = store.report()["completed"] - skipped
+                print(f"interrupted: {done} test(s) finished and recorded; the runs in flight were stopped and "
+                      "their prompts cancelled. Continue with --resume.", file=sys.stderr)
+                raise
+        _cancel_queued_ahead(url, chosen, args)  # tests the breaker kept from starting
     order = {test.name: i for i, test in enumerate(tests)}
     results.sort(key=lambda r: order[r.name])  # the report lists tests as planned, not as they finished
     report_path = _write_report(args, results, store)
@@ -225,25 +247,63 @@ def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args
     # are about to be freed anyway; freezing them first skips that while the GPU would otherwise wait for us.
     atexit.register(gc.freeze)
     with tagged_stderr() as stderr:
-        try:
-            outcome = window.run(tests, start, finished, stop=lambda: store.breaker_open)
-        except KeyboardInterrupt:
-            print(f"interrupted: {len(results)} test(s) finished and recorded; the runs in flight were stopped and "
-                  "their prompts cancelled. Continue with --resume.", file=sys.stderr)
-            raise
+        outcome = window.run(tests, start, finished, stop=lambda: store.breaker_open,
+                             run_id_of=lambda test: test.run_id)
     if store.breaker_open:
         _print_breaker(store, outcome)
     return results
 
 
+def queue_ahead(url: str, tests: list[Test], problems: list[tuple[str, str]], args: argparse.Namespace) -> None:
+    """Queue the image prompts of the first few tests on the server now, before Dagster is even imported,
+    each under a prompt id its test's run adopts (config `prompt_ids`: the client posts nothing for an id the
+    server knows). Loading Dagster and starting the first run take seconds the GPU would otherwise idle. The
+    ids go to each run's ledger first: a check that dies leaves them to be cancelled, like any run's."""
+    from comfy_pipeline.batch.plan import gpu_job
+    from comfy_pipeline.batch.runner import queue_ahead as queue_jobs
+
+    if any(kind == "image" for kind, _ in problems):
+        return  # the image workflow fails its pre-flight: those tests are not run
+    output_dir = Path(args.output_dir).resolve()
+    workflow = load_workflow(chosen_workflows(args)[0])
+    ahead = [t for t in tests if t.kind in ("image", "pipeline")][:_queue_ahead_count()]
+    if not ahead:
+        return
+    with _client(url, read_timeout=30.0) as client:
+        for test in ahead:
+            job = gpu_job("images", 0, test.spec, None, workflow, test.run_id, output_dir, str(uuid.uuid4()))
+            if not queue_jobs(client, [job], ledger.PromptLedger(output_dir, test.run_id), test.client_id):
+                return  # the run will meet the problem itself, and say what it is
+            test.prompt_ids = [job.prompt_id]
+
+
+def _cancel_queued_ahead(url: str, tests: list[Test], args: argparse.Namespace) -> None:
+    """Tests that never started (the breaker tripped, Ctrl-C) must not leave their prompts on the GPU. (A run
+    that started owns its prompts; one that ended has no record left, so this changes nothing for it.)"""
+    for test in tests:
+        if test.prompt_ids:
+            try:
+                _cancel_run(url, Path(args.output_dir).resolve(), test.run_id)
+            except Exception as exc:  # best effort while stopping; the next run's sweep tries again
+                print(f"could not cancel the prompts queued ahead for {test.name}: {exc}", file=sys.stderr)
+
+
 def _runs_in_flight() -> int:
-    text = os.environ.get(RUNS_IN_FLIGHT_ENV, str(MAX_RUNS_IN_FLIGHT))
+    return _count_setting(RUNS_IN_FLIGHT_ENV, MAX_RUNS_IN_FLIGHT, minimum=1, what="runs")
+
+
+def _queue_ahead_count() -> int:
+    return _count_setting(QUEUE_AHEAD_ENV, QUEUE_AHEAD, minimum=0, what="tests")
+
+
+def _count_setting(variable: str, default: int, *, minimum: int, what: str) -> int:
+    text = os.environ.get(variable, str(default))
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"{RUNS_IN_FLIGHT_ENV} must be a whole number of runs, 1 or more; got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise UsageError(f"{variable} must be a whole number of {what}, {minimum} or more; got {text!r}")
     return value
 
 
@@ -272,7 +332,20 @@ def _cancel_run(url: str, output_dir: Path, run_id: str) -> None:
     if not ledger.has_record(output_dir, run_id):
         return
     with _client(url, read_timeout=10.0) as client:
-        ledger.cancel_orphans(output_dir, client.url, client.cancel, lambda _: True, only_run=run_id)
+        cancelled = ledger.cancel_orphans(output_dir, client.url, client.cancel, lambda _: True, only_run=run_id)
+        _wait_until_gone(client, {entry.prompt_id for entry in cancelled})
+
+
+def _wait_until_gone(client: ComfyUIClient, prompt_ids: set[str], timeout: float = CANCEL_WAIT_S) -> None:
+    """A cancelled prompt that was running stops at the server's next interrupt check: wait (bounded) until the
+    server lists none of them, so that when the check exits nothing of it is left on the GPU."""
+    deadline = time.monotonic() + timeout
+    while prompt_ids and time.monotonic() < deadline:
+        queue = client.queue()
+        listed = {item[1] for key in ("queue_running", "queue_pending") for item in queue[key] if len(item) > 1}
+        if not prompt_ids & listed:
+            return
+        time.sleep(0.1)
 
 
 def _run_config(test: Test, url: str, args: argparse.Namespace) -> dict:
@@ -290,6 +363,9 @@ def _run_config(test: Test, url: str, args: argparse.Namespace) -> dict:
     image_workflow, video_workflow = chosen_workflows(args)
     if test.kind in ("image", "pipeline"):
         config["ops"]["generated_image"] = {"config": {"workflow": image_workflow}}
+        if test.prompt_ids:  # queued ahead: the run adopts them, and hears their progress on its socket
+            config["ops"]["generated_image"]["config"]["prompt_ids"] = test.prompt_ids
+            comfy["client_id"] = test.client_id
     spec = test.spec
     if test.kind in ("image", "pipeline"):
         config["ops"]["prompt"] = {"config": {"prompts": [_spec_config(spec)]}}

@@ -66,16 +66,18 @@ class RunWindow(Generic[T, R]):
         self._cancel = cancel  # run_id -> cancel whatever that run still has on the server
 
     def run(self, tests: list[T], start: Callable[[T, str], R], finished: Callable[[T, R], bool],
-            stop: Callable[[], bool] = lambda: False) -> WindowOutcome:
-        """Run every test with `start(test, run_id)` in its own thread; `finished(test, result)` is called in this
-        thread as each run ends and says whether the test passed. Returns what was left out and why."""
+            stop: Callable[[], bool] = lambda: False,
+            run_id_of: Callable[[T], str] = lambda _: str(uuid.uuid4())) -> WindowOutcome:
+        """Run every test with `start(test, run_id)` in its own thread (`run_id_of(test)`: a new id unless the
+        caller chose them ahead); `finished(test, result)` is called in this thread as each run ends and says
+        whether the test passed. Returns what was left out and why."""
         done: queue.Queue[tuple[_Launch[T], Any, BaseException | None]] = queue.Queue()
         waiting = list(tests)
         in_flight: list[_Launch[T]] = []
         outcome = WindowOutcome()
         probing = False  # the last test to end failed: one test at a time until one passes
         stopped = False
-        with _sigterm_as_keyboard_interrupt():
+        with sigterm_as_keyboard_interrupt():
             try:
                 while waiting or in_flight:
                     if not stopped and stop():
@@ -85,7 +87,8 @@ class RunWindow(Generic[T, R]):
                     for launch in in_flight:
                         launch.fed = launch.fed or self._queued(launch.run_id)
                     if waiting and self._may_start(in_flight, probing):
-                        in_flight.append(self._start(waiting.pop(0), start, done))
+                        test = waiting.pop(0)
+                        in_flight.append(self._start(test, run_id_of(test), start, done))
                         continue
                     try:
                         launch, result, error = done.get(timeout=POLL_S)
@@ -105,8 +108,8 @@ class RunWindow(Generic[T, R]):
             return not in_flight
         return len(in_flight) < self.max_in_flight and all(launch.fed for launch in in_flight)
 
-    def _start(self, test: T, start: Callable[[T, str], R], done: queue.Queue) -> _Launch[T]:
-        launch = _Launch(test, str(uuid.uuid4()))
+    def _start(self, test: T, run_id: str, start: Callable[[T, str], R], done: queue.Queue) -> _Launch[T]:
+        launch = _Launch(test, run_id)
 
         def work() -> None:
             try:
@@ -147,7 +150,7 @@ def _raise_in_thread(ident: int, error: type[BaseException]) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
+def sigterm_as_keyboard_interrupt() -> Iterator[None]:
     """SIGTERM stops the check like Ctrl-C (runs interrupted, prompts cancelled) instead of killing it outright."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -164,22 +167,23 @@ def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
 
 
 class TaggedStream:
-    """A stand-in for sys.stderr while runs overlap: lines written from a run's thread start with its test name,
-    so interleaved progress lines say which test they belong to. Other threads' lines pass unchanged."""
+    """A stand-in for sys.stderr while runs overlap: lines written from a run's thread, or from a thread it started
+    (the batch runner names its threads "<caller>/..."), start with its test name, so interleaved progress lines
+    say which test they belong to. Other threads' lines pass unchanged."""
 
     def __init__(self, stream: Any):
         self._stream = stream
-        self._local = threading.local()
+        self._tags: dict[str, str] = {}  # thread name -> tag
         self._lock = threading.Lock()
 
     def tag(self, name: str | None) -> None:
-        """Tag what the calling thread writes from now on."""
-        self._local.tag = name
+        """Tag what the calling thread (and the threads it names after itself) writes from now on."""
+        self._tags[threading.current_thread().name] = name or ""
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # a text stream, as click and others probe by writing b""
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        tag = getattr(self._local, "tag", None)
+        tag = self._tags.get(threading.current_thread().name.split("/", 1)[0])
         if tag:
             text = "".join(f"{tag}|{line}" if line.strip() else line for line in text.splitlines(keepends=True))
         with self._lock:

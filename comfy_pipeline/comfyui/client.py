@@ -372,6 +372,11 @@ class ComfyUIClient:
             state = self.status(prompt_id)
             if state != "unknown":
                 self.log.info("prompt %s is already %s on %s; not submitting it again", prompt_id, state, self.url)
+                # Queued ahead (or before a restart of ours): its events name node classes from this graph, and
+                # reach our socket if it was queued under our client id. Polling covers it either way.
+                self._remember(prompt_id, _Submitted(workflow, time.time(), False))
+                self._events.watch(prompt_id)
+                self._events.start()
                 return prompt_id
 
         on_our_socket = (client_id or self.client_id) == self.client_id

@@ -12,6 +12,7 @@ at its last step, naming each failed prompt and its ComfyUI node.
 
 import importlib
 import os
+import re
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any, NoReturn
 
 import dagster as dg
 
-from comfy_pipeline.batch import ledger, outputs
+from comfy_pipeline.batch import ledger, outputs, plan
 from comfy_pipeline.batch.inspection import describe, inspect_image, inspect_video
 from comfy_pipeline.batch.interrupts import interrupt_flag
 from comfy_pipeline.batch.progress import ProgressLogger
@@ -35,7 +36,7 @@ from comfy_pipeline.defs.io_manager import LATEST
 from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds, gpu_pool
 from comfy_pipeline.media import MediaError, probe_image
 from comfy_pipeline.workflows.prompts import (
-    PromptError, PromptSpec, check_specs, image_values, library_specs, video_values,
+    PromptError, PromptSpec, check_specs, library_specs,
 )
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
@@ -108,7 +109,8 @@ def generated_image(
             "image_to_video_job.", allow_retries=False,
         )
     sources = [(i, PromptSpec(**p), None) for i, p in enumerate(prompt["prompts"])]
-    yield from _generate(context, comfy, quality, IMAGES, config.workflow, sources, {"prompt": prompt["source"]})
+    yield from _generate(context, comfy, quality, IMAGES, config.workflow, sources, {"prompt": prompt["source"]},
+                         config.prompt_ids)
 
 
 @dg.asset(
@@ -130,7 +132,7 @@ def ltx2_video(
     quality: QualityThresholds,
 ) -> Iterator[dg.MaterializeResult]:
     sources, lineage = _video_sources(config, generated_image)
-    yield from _generate(context, comfy, quality, VIDEOS, config.workflow, sources, lineage)
+    yield from _generate(context, comfy, quality, VIDEOS, config.workflow, sources, lineage, config.prompt_ids)
 
 
 @dg.asset(
@@ -221,7 +223,8 @@ VIDEOS = _Kind("videos", "video", "video_quality",
 
 
 def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind: _Kind, workflow_name: str,
-              sources: list[tuple[int, PromptSpec, Path | None]], lineage: dict[str, dict]) -> Iterator[dg.MaterializeResult]:
+              sources: list[tuple[int, PromptSpec, Path | None]], lineage: dict[str, dict],
+              prompt_ids: list[str]) -> Iterator[dg.MaterializeResult]:
     """Run every source (prompt index, spec, image to animate) through the kind's workflow, check each output and
     record them all in one materialization, the failed prompts included. A video keeps its prompt's index:
     "video 3" is the video of "prompt 3". The step fails only when nothing was made, or when no later
@@ -231,21 +234,9 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
     server = {**_server_info(context, comfy), "workflow_load_s": round(time.monotonic() - loading_started, 4)}
     folder = outputs.kind_dir(_run_folder(context, comfy), kind.folder)
     _cancel_orphans(context, comfy, server)
-    run_tag = context.run_id[:8]
-    jobs = []
-    for i, spec, image in sources:
-        text = spec.text if image is None else spec.motion_prompt or spec.text
-        jobs.append(
-            Job(
-                key=f"{kind.job} {i}",
-                workflow=workflow,
-                values=_accepted(workflow, image_values(spec) if image is None else video_values(spec)),
-                filename_prefix=f"comfy_pipeline/{run_tag}/{kind.folder[:-1]}_{i:02d}",
-                dest_dir=folder,
-                dest_stem=f"{i:02d}_{outputs.slugify(text)}_seed{spec.seed}",
-                upload=image,
-            )
-        )
+    ids = _prompt_ids(prompt_ids, len(sources))
+    jobs = [plan.gpu_job(kind.folder, i, spec, image, workflow, context.run_id, folder, ids[n])
+            for n, (i, spec, image) in enumerate(sources)]
     # Each output is checked as soon as it is home, while the GPU works on the next prompts.
     source_of = {job.key: (spec, image) for job, (_, spec, image) in zip(jobs, sources)}
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -281,9 +272,16 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
                             f"the good ones go on, and the run fails at its end naming them")
 
 
-def _accepted(workflow, values: dict[str, Any]) -> dict[str, Any]:
-    """The values the workflow declares parameters for: a smoke-test workflow takes no prompt text."""
-    return {name: value for name, value in values.items() if name in workflow.params}
+def _prompt_ids(given: list[str], count: int) -> list[str | None]:
+    """The prompt ids chosen ahead (config `prompt_ids`), one per prompt; None each when none were given."""
+    if not given:
+        return [None] * count
+    bad = [i for i in given if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", i)]
+    if len(given) != count or bad:
+        raise dg.Failure(
+            description=f"config prompt_ids: give one lowercase UUID per prompt ({count}), or none; got {len(given)}"
+            + (f", of which not UUIDs: {bad[:3]}" if bad else ""), allow_retries=False)
+    return list(given)
 
 
 def _load(name: str):

@@ -48,6 +48,7 @@ class ComfyUIResource(dg.ConfigurableResource):
     server_down_timeout: float = Field(default=60.0, gt=0, description="Seconds a server that stopped answering is waited for before its prompts fail.")
     max_download_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest output file accepted; a bigger one is refused before anything is written.")
     output_dir: str | None = Field(default=None, description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).")
+    client_id: str | None = Field(default=None, description="Advanced: the WebSocket client id (default: a new one per run). `comfy-pipeline check` sets it to the id it queued a test's prompts under ahead of the run, so that their progress reaches the run.")
     simulator_image_seconds: float = Field(default=0.2, description="Simulated GPU time per image (simulator only).")
     simulator_video_seconds: float = Field(default=1.0, description="Simulated GPU time per video (simulator only).")
 
@@ -132,6 +133,7 @@ class ComfyUIResource(dg.ConfigurableResource):
                     read_timeout=self.request_timeout,
                     server_down_timeout=self.server_down_timeout,
                     max_download_bytes=self.max_download_bytes,
+                    client_id=self.client_id,
                 )
                 for url in urls
             ]
