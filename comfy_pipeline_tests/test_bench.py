@@ -15,7 +15,7 @@ FIGURES = {
     "download_peak_memory_mb", "video_validation_s", "definitions_validate_s",
     # --scale, with --quick's sizes
     "check_gpu_utilisation", "client_cost_per_prompt_ms_50", "peak_rss_growth_mb", "event_log_rows_per_prompt",
-    "metadata_bytes_per_prompt",
+    "metadata_bytes_per_prompt", "two_server_throughput",
 }
 GROWTH = {"peak_rss_growth_mb"}  # a difference of two peaks: may be 0 or a little below
 
@@ -76,6 +76,8 @@ def test_scale_figures_say_how_they_were_measured(quick_run):
     assert events["prompts"] == [4, 12] and all(n > 0 for n in events["rows"] + events["metadata_bytes"])
     assert events["largest_growth"] and all("entry" in row for row in events["largest_growth"])
     assert set(figures["peak_rss_growth_mb"]["details"]["peak_rss_mb"]) == {"10", "50"}
+    servers = figures["two_server_throughput"]  # both servers took part, and the batch was shared
+    assert sum(servers["details"]["prompts_per_server"]) == 8 and min(servers["details"]["prompts_per_server"]) > 0
 
 
 def test_the_table_shows_each_figures_load_average():

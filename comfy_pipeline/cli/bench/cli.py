@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fewer prompts and a 64 MiB download instead of 1 GiB (well under a minute)")
     parser.add_argument("--scale", action="store_true",
                         help="also the figures at scale: client cost per prompt (100 and 1,000 prompts), peak RSS "
-                        "from 10 to 1,000 prompts, Dagster event-log rows and metadata per prompt, and the GPU "
-                        "utilisation of `comfy-pipeline check` (about 2 more minutes; less with --quick)")
+                        "from 10 to 1,000 prompts, Dagster event-log rows and metadata per prompt, the GPU "
+                        "utilisation of `comfy-pipeline check`, and throughput with 2 servers against 1 (about 2 "
+                        "more minutes; less with --quick)")
     parser.set_defaults(func=run)
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from comfy_pipeline.cli.bench.definitions_load import definitions_validate
     from comfy_pipeline.cli.bench.memory import download_memory
     from comfy_pipeline.cli.bench.report import as_json, machine, table
-    from comfy_pipeline.cli.bench import scale
+    from comfy_pipeline.cli.bench import scale, servers
 
     plan = measurements.QUICK if args.quick else measurements.FULL
     host = machine()
@@ -72,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
             _measure(figures, "Dagster event log and metadata per prompt",
                      lambda: scale.event_log_figures(sizes, work / "events"),
                      ["event_log_rows_per_prompt", "metadata_bytes_per_prompt"])
-            # Throughput with 2 servers against 1 goes here once run_batch takes several clients.
+            _measure(figures, "throughput with 2 servers against 1",
+                     lambda: [servers.two_servers_figure(work / "servers", 8 if args.quick else servers.PROMPTS)],
+                     ["two_server_throughput"])
     report = as_json(figures, quick=args.quick, seconds=time.monotonic() - started, host=host)
     report["scale"] = args.scale
     if args.json:

@@ -7,9 +7,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-# How a target is read: ours <= target, ours >= target, or ours / baseline <= target.
-AT_MOST, AT_LEAST, RATIO_AT_MOST = "at_most", "at_least", "ratio_at_most"
-SYMBOLS = {AT_MOST: "<=", AT_LEAST: ">=", RATIO_AT_MOST: "ratio <="}
+# How a target is read: ours <= target, ours >= target, ours / baseline <= target, or ours / baseline >= target.
+AT_MOST, AT_LEAST, RATIO_AT_MOST, RATIO_AT_LEAST = "at_most", "at_least", "ratio_at_most", "ratio_at_least"
+SYMBOLS = {AT_MOST: "<=", AT_LEAST: ">=", RATIO_AT_MOST: "ratio <=", RATIO_AT_LEAST: "ratio >="}
 
 
 @dataclass
@@ -38,10 +38,10 @@ class Figure:
             return False
         if self.target is None:
             return None
-        value = self.ratio if self.goal == RATIO_AT_MOST else self.ours
+        value = self.ratio if self.goal in (RATIO_AT_MOST, RATIO_AT_LEAST) else self.ours
         if value is None or not math.isfinite(value):
             return False
-        return value >= self.target if self.goal == AT_LEAST else value <= self.target
+        return value >= self.target if self.goal in (AT_LEAST, RATIO_AT_LEAST) else value <= self.target
 
     @property
     def target_text(self) -> str:

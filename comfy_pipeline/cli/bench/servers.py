@@ -8,12 +8,22 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from comfy_pipeline.batch.runner import Job, run_batch
+from comfy_pipeline.cli.bench.report import RATIO_AT_LEAST, Figure
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
 
 PROMPTS = 16
 IMAGE_SECONDS = 0.5
+
+
+def two_servers_figure(workdir: Path, prompts: int = PROMPTS) -> Figure:
+    found = server_throughput(workdir, prompts)
+    return Figure(
+        "two_server_throughput", f"throughput, {prompts} image prompts x {IMAGE_SECONDS:g} s on 2 servers", "prompts/s",
+        "the same batch on 1 server", 1.8, RATIO_AT_LEAST, found["two_servers_per_s"], found["one_server_per_s"],
+        {k: v for k, v in found.items() if not k.endswith("_per_s")},
+    )
 
 
 def server_throughput(workdir: Path, prompts: int = PROMPTS, image_seconds: float = IMAGE_SECONDS) -> dict:
