@@ -140,9 +140,9 @@ def queue_ahead(client: "ComfyUIClient", jobs: list[Job], ledger: "PromptLedger 
                 client_id: str | None = None) -> dict[str, str]:
     """Queue `jobs` now, each under its `prompt_id`, so the GPU starts before whoever runs the batch is ready:
     run_batch on the same jobs later adopts them (the client posts nothing for an id the server knows) and
-    brings their outputs home; under its client's `client_id`, its WebSocket gets their progress. Pre-flight
-    them first. Stops at the first failure (the batch will meet it again and report it); job key -> prompt id
-    of those queued."""
+    brings their outputs home; under its client's `client_id`, its WebSocket gets their progress. The caller
+    pre-flights them. Stops at the first failure (the batch will meet it again and report it); job key ->
+    prompt id of those queued."""
     object_info = client.object_info()
     queued = {}
     for job in jobs:
@@ -269,8 +269,7 @@ class _Batch:
             result = self.pending.popleft()
         result.error, result.server = None, lane.client.url
         moved = result.prompt_id is not None
-        submitted = _submit(lane.client, result, lane.object_info, prompt_id=result.prompt_id,
-                            ledger=self.ledger, record=True)
+        submitted = _submit(lane.client, result, lane.object_info, prompt_id=result.prompt_id, ledger=self.ledger)
         with self.cond:
             if submitted is not None:
                 if moved:

@@ -163,11 +163,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     _runs_in_flight(), _queue_ahead_count()  # a bad setting is a usage error before any work
     tests = plan_tests(args)
-    with _server(args) as (url, backend_note):
+    with contextlib.ExitStack() as stack:
+        url, backend_note = stack.enter_context(_server(args))
         if backend_note:
             print(backend_note, file=sys.stderr)
         _require_reachable(url)
-        problems = preflight_on_server(url, tests, args)
+        own = stack.enter_context(_client(url, read_timeout=30.0))  # pre-flight and queue-ahead: one /object_info
+        problems = preflight_on_server(own, tests, args)
         to_run = store.begin([t.name for t in tests], resume=args.resume)
         skipped = len(tests) - len(to_run)
         if skipped:
@@ -175,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
         chosen = [t for t in tests if t.name in to_run]
         with sigterm_as_keyboard_interrupt():
             try:
-                queue_ahead(url, chosen, problems, args)  # the GPU starts now, while Dagster loads
+                queue_ahead(own, chosen, problems, args)  # the GPU starts now, while Dagster loads
                 with _instance() as instance:
                     results = run_tests(chosen, problems, url, args, instance, store)
             except KeyboardInterrupt:
@@ -254,7 +256,8 @@ def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args
     return results
 
 
-def queue_ahead(url: str, tests: list[Test], problems: list[tuple[str, str]], args: argparse.Namespace) -> None:
+def queue_ahead(client: ComfyUIClient, tests: list[Test], problems: list[tuple[str, str]],
+                args: argparse.Namespace) -> None:
     """Queue the image prompts of the first few tests on the server now, before Dagster is even imported,
     each under a prompt id its test's run adopts (config `prompt_ids`: the client posts nothing for an id the
     server knows). Loading Dagster and starting the first run take seconds the GPU would otherwise idle. The
@@ -269,12 +272,11 @@ def queue_ahead(url: str, tests: list[Test], problems: list[tuple[str, str]], ar
     ahead = [t for t in tests if t.kind in ("image", "pipeline")][:_queue_ahead_count()]
     if not ahead:
         return
-    with _client(url, read_timeout=30.0) as client:
-        for test in ahead:
-            job = gpu_job("images", 0, test.spec, None, workflow, test.run_id, output_dir, str(uuid.uuid4()))
-            if not queue_jobs(client, [job], ledger.PromptLedger(output_dir, test.run_id), test.client_id):
-                return  # the run will meet the problem itself, and say what it is
-            test.prompt_ids = [job.prompt_id]
+    for test in ahead:
+        job = gpu_job("images", 0, test.spec, None, workflow, test.run_id, output_dir, str(uuid.uuid4()))
+        if not queue_jobs(client, [job], ledger.PromptLedger(output_dir, test.run_id), test.client_id):
+            return  # the run will meet the problem itself, and say what it is
+        test.prompt_ids = [job.prompt_id]
 
 
 def _cancel_queued_ahead(url: str, tests: list[Test], args: argparse.Namespace) -> None:
@@ -514,7 +516,7 @@ def credentials_to_environment(url: str) -> str:
 _WORKFLOW_KINDS = {"connection": (), "image": ("image",), "video": ("video",), "pipeline": ("image", "video")}
 
 
-def preflight_on_server(url: str, tests: list[Test], args: argparse.Namespace) -> list[tuple[str, str]]:
+def preflight_on_server(client: ComfyUIClient, tests: list[Test], args: argparse.Namespace) -> list[tuple[str, str]]:
     """Pre-flight every workflow the planned tests need against the server, before any GPU time, and print what
     is wrong on the terminal: missing models with their folders, missing nodes, version mismatches. Returns
     (workflow kind, one-line summary) per workflow that would fail; its tests fail without being run."""
@@ -524,9 +526,8 @@ def preflight_on_server(url: str, tests: list[Test], args: argparse.Namespace) -
     if not needed:
         return []
     image_name, video_name = chosen_workflows(args)
-    with _client(url, read_timeout=30.0) as client:
-        object_info = client.object_info()
-        version = client.version()
+    object_info = client.object_info()
+    version = client.version()
     failing = []
     for kind, name in (("image", image_name), ("video", video_name)):
         if kind not in needed:
@@ -534,10 +535,10 @@ def preflight_on_server(url: str, tests: list[Test], args: argparse.Namespace) -
         workflow = load_workflow(name)
         values = {"image": "start.png"} if "image" in workflow.params else {}
         graph = workflow.inject(values, filename_prefix="comfy_pipeline/preflight")
-        report = preflight(graph, object_info, workflow=workflow.name, source=redact_url(url), server_version=version)
+        report = preflight(graph, object_info, workflow=workflow.name, source=client.url, server_version=version)
         if report.ok:
             continue
-        print(f"pre-flight of {workflow.name} on {redact_url(url)} failed; its tests are not run:", file=sys.stderr)
+        print(f"pre-flight of {workflow.name} on {client.url} failed; its tests are not run:", file=sys.stderr)
         for problem in report.problems:
             print("  " + problem.format().replace("\n", "\n  "), file=sys.stderr)
         counts = ", ".join(f"{k.replace('_', ' ')}: {sum(p.kind == k for p in report.problems)}"

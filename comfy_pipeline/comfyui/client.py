@@ -102,7 +102,8 @@ def _nothing_sent(exc: Exception) -> bool:
     return isinstance(getattr(inner, "reason", inner), NewConnectionError)
 
 
-def _is_canonical_uuid(value: str) -> bool:
+def is_canonical_uuid(value: str) -> bool:
+    """The lowercase hyphenated form str(uuid.uuid4()) gives: the only prompt ids this client uses."""
     try:
         return str(uuid.UUID(value)) == value
     except (ValueError, TypeError, AttributeError):
@@ -362,7 +363,7 @@ class ComfyUIClient:
             )
         if prompt_id is None:
             prompt_id = str(uuid.uuid4())
-        elif not _is_canonical_uuid(prompt_id):
+        elif not is_canonical_uuid(prompt_id):
             # ComfyUI itself takes any string; this client only uses lowercase hyphenated UUIDs, the form
             # str(uuid4()) gives, so that looking an id up after a lost answer finds it exactly as submitted.
             raise ValueError(f"prompt_id {prompt_id!r} must be a lowercase hyphenated UUID, as str(uuid.uuid4()) "

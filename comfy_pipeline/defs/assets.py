@@ -12,7 +12,6 @@ at its last step, naming each failed prompt and its ComfyUI node.
 
 import importlib
 import os
-import re
 import sys
 import threading
 import time
@@ -256,7 +255,7 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
         errors = [r.error for r in results if not r.ok]
         _fail(context, dg.Failure(description=summary, metadata=_failure_metadata(errors[0]), allow_retries=False),
               transient=all(_transient(e) for e in errors))
-    listing = outputs.kind_dir(_run_folder(context, comfy), "reports") / f"{context.asset_key.to_user_string()}_items.json"
+    listing = outputs.kind_dir(folder.parent, "reports") / f"{context.asset_key.to_user_string()}_items.json"
     yield _materialize(context, kind, items, server, failed, lineage, listing)
     broken = [item["path"] for item in items if not _passed(item)]
     if (failed or broken) and not _downstream_in_run(context, kind):
@@ -274,9 +273,11 @@ def _generate(context, comfy: ComfyUIResource, quality: QualityThresholds, kind:
 
 def _prompt_ids(given: list[str], count: int) -> list[str | None]:
     """The prompt ids chosen ahead (config `prompt_ids`), one per prompt; None each when none were given."""
+    from comfy_pipeline.comfyui.client import is_canonical_uuid  # loaded by the step's client already
+
     if not given:
         return [None] * count
-    bad = [i for i in given if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", i)]
+    bad = [i for i in given if not is_canonical_uuid(i)]
     if len(given) != count or bad:
         raise dg.Failure(
             description=f"config prompt_ids: give one lowercase UUID per prompt ({count}), or none; got {len(given)}"

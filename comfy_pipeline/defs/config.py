@@ -10,6 +10,15 @@ from pydantic import Field
 from comfy_pipeline.workflows.prompts import IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptSpec
 
 
+def _prompt_ids_field(what: str):
+    return Field(
+        default_factory=list,
+        description=f"Advanced: ComfyUI prompt ids chosen ahead, one per {what}, in order (lowercase UUIDs). A "
+        "prompt already queued under its id is adopted instead of queued again (`comfy-pipeline check` queues its "
+        "tests' prompts before their runs start). Empty: new ids.",
+    )
+
+
 class PromptSpecConfig(dg.Config):
     text: str = Field(description="What the image shows (the Z-Image-Turbo prompt).")
     motion_prompt: str | None = Field(default=None, description="What happens in the video (LTX-2 prompt). Default: the image prompt.")
@@ -38,12 +47,7 @@ class ImageConfig(dg.Config):
         description="The workflow that makes the images: a name in workflows/ (or a path to an API-format JSON "
         "with its .params.json map). The model-free smoke_image tests a deployment before the models are there.",
     )
-    prompt_ids: list[str] = Field(
-        default_factory=list,
-        description="Advanced: ComfyUI prompt ids chosen ahead, one per prompt, in order (lowercase UUIDs). A prompt "
-        "already queued under its id is adopted instead of queued again (`comfy-pipeline check` queues its tests' "
-        "prompts before their runs start). Empty: new ids.",
-    )
+    prompt_ids: list[str] = _prompt_ids_field("prompt")
 
 
 class VideoConfig(dg.Config):
@@ -62,9 +66,4 @@ class VideoConfig(dg.Config):
     seed: int = Field(default=0, description="Seed for input_images (0 or more).")
     frames: int = Field(default=121, description="Video length for input_images: 8n+1 from 9 to 257.")
     fps: int = Field(default=25, description="Frame rate for input_images: 1 to 60.")
-    prompt_ids: list[str] = Field(
-        default_factory=list,
-        description="Advanced: ComfyUI prompt ids chosen ahead, one per video, in order (lowercase UUIDs). A prompt "
-        "already queued under its id is adopted instead of queued again (`comfy-pipeline check` queues its tests' "
-        "prompts before their runs start). Empty: new ids.",
-    )
+    prompt_ids: list[str] = _prompt_ids_field("video")

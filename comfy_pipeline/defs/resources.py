@@ -88,8 +88,9 @@ class ComfyUIResource(dg.ConfigurableResource):
         if self.urls:
             return _split(self.urls)
         for value in (os.environ.get("COMFYUI_URLS"), self.url, os.environ.get("COMFYUI_URL")):
-            if value and _split([value]):
-                return _split([value])
+            urls = _split([value]) if value else []
+            if urls:
+                return urls
         session = _recorded_session_url()
         return [session] if session else []
 
@@ -124,7 +125,8 @@ class ComfyUIResource(dg.ConfigurableResource):
                 ).start()
                 urls = [self._simulator.url]
             elif SIMULATOR in urls:
-                raise ValueError("`simulator` cannot be mixed with real server URLs: give one or the other")
+                raise ComfyUIError("`simulator` cannot be mixed with real server URLs in COMFYUI_URLS / urls: "
+                                   "give one or the other")
             self._clients = [
                 ComfyUIClient(
                     url,

@@ -47,7 +47,8 @@ def _probe(client: str, url: str, dest: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
+    """A kB field of this process's /proc/self/status (VmRSS, VmHWM)."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith(field + ":"):
@@ -81,13 +82,13 @@ def _reset_peak() -> int:
     """Set VmHWM to VmRSS now, so the peak read later is the download's alone; returns that VmRSS (kB)."""
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
-    return _status_kb("VmRSS")
+    return status_kb("VmRSS")
 
 
 def main(argv: list[str]) -> int:
     client, url, dest = argv
     written, before_kb, seconds = _download(client, url, Path(dest))
-    growth = (_status_kb("VmHWM") - before_kb) * 1024
+    growth = (status_kb("VmHWM") - before_kb) * 1024
     print(json.dumps({"client": client, "bytes": written, "growth": growth, "seconds": round(seconds, 3)}))
     return 0
 

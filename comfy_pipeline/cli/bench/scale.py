@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from comfy_pipeline.cli.bench.memory import status_kb
 from comfy_pipeline.cli.bench.report import AT_LEAST, AT_MOST, RATIO_AT_MOST, Figure
 
 MB = 1024**2
@@ -117,15 +118,7 @@ def _client_batch(url: str, size: int, out: Path) -> dict:
         raise RuntimeError(f"{len(failed)} of {size} prompts failed: {failed[:3]}")
     cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
     return {"start": start, "end": end, "cpu": cpu, "round_trip": statistics.median(trips),
-            "hwm_kb": _status_kb("VmHWM")}
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+            "hwm_kb": status_kb("VmHWM")}
 
 
 # --- Dagster event log and metadata --------------------------------------------------------------------
