@@ -5,7 +5,7 @@ import time
 
 import dagster as dg
 
-from comfy_pipeline.defs import assets
+from comfy_pipeline.batch import step
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.test_pipeline_jobs import execute, run_config
 
@@ -14,13 +14,13 @@ SMALL = {"width": 256, "height": 256}
 
 def test_each_image_is_checked_while_the_next_one_is_on_the_gpu(tmp_path, monkeypatch):
     started: list[float] = []
-    real_inspect = assets.inspect_image
+    real_inspect = step.inspect_image
 
     def recording_inspect(*args, **kwargs):
         started.append(time.monotonic())
         return real_inspect(*args, **kwargs)
 
-    monkeypatch.setattr(assets, "inspect_image", recording_inspect)
+    monkeypatch.setattr(step, "inspect_image", recording_inspect)
     prompts = [{"text": f"a slow lighthouse {i}", "seed": i, **SMALL} for i in range(3)]
     with Simulator(data_dir=tmp_path / "sim", image_seconds=1.0) as sim, dg.instance_for_test() as instance:
         result = execute("image_generation_job", instance, run_config(sim.url, tmp_path / "out", prompts))

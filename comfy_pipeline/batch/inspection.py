@@ -1,15 +1,17 @@
 """Check each downloaded output and describe it: checks, facts, preview and provenance. No Dagster here.
 
-The description ("item") is a plain dict that goes into the asset's metadata, the validation report and the
-`check` command's JSON report alike.
+The description is an OutputItem (batch.records): the asset's metadata, the validation report and the `check`
+command's JSON report all read it.
 """
 
 import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfy_pipeline.batch.records import CheckResult, OutputItem, ServerInfo
 from comfy_pipeline.batch.runner import JobResult
 from comfy_pipeline.media import (
     ImageThresholds, MediaError, VideoThresholds, check_image, check_video, image_preview_markdown, probe_image,
@@ -19,7 +21,17 @@ from comfy_pipeline.workflows.prompts import PromptSpec
 from comfy_pipeline.workflows.workflow import Workflow
 
 
-def inspect_image(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: ImageThresholds) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Inspection:
+    """What checking one output found."""
+
+    checks: tuple[CheckResult, ...]
+    facts: dict[str, Any] = field(default_factory=dict)
+    preview: str = ""
+    seconds: float = 0.0
+
+
+def inspect_image(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: ImageThresholds) -> Inspection:
     started = time.monotonic()
     checks = check_image(path, width=spec.width, height=spec.height, thresholds=thresholds)
     facts: dict[str, Any] = {}
@@ -27,10 +39,10 @@ def inspect_image(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: 
         info = probe_image(path)
         facts = {"width": info.width, "height": info.height, "format": info.format}
     preview = _preview(image_preview_markdown, path)
-    return {"checks": checks, "facts": facts, "preview": preview, "seconds": time.monotonic() - started}
+    return Inspection(tuple(CheckResult.of(c) for c in checks), facts, preview, time.monotonic() - started)
 
 
-def inspect_video(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: VideoThresholds) -> dict[str, Any]:
+def inspect_video(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: VideoThresholds) -> Inspection:
     started = time.monotonic()
     size = workflow.defaults()  # the LTX-2 output size is the workflow's, not the image's
     # The checks, the probe and the contact sheet each wait on ffmpeg: run them side by side.
@@ -48,38 +60,24 @@ def inspect_video(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: 
                 "width": info.width, "height": info.height, "duration_s": round(info.duration, 3), "fps": info.fps,
                 "frame_count": info.frame_count, "codec": info.codec, "container": info.container,
             }
-        found = {"checks": checks.result(), "facts": facts, "preview": preview.result()}
-    return {**found, "seconds": time.monotonic() - started}
+        found = tuple(CheckResult.of(c) for c in checks.result())
+        shown = preview.result()
+    return Inspection(found, facts, shown, time.monotonic() - started)
 
 
-def describe(spec: PromptSpec, image: Path | None, result: JobResult, workflow: Workflow, server: dict,
-             found: dict) -> dict[str, Any]:
+def describe(spec: PromptSpec, image: Path | None, result: JobResult, workflow: Workflow, server: ServerInfo,
+             found: Inspection) -> OutputItem:
     """One output as the metadata and the reports record it."""
     path = result.files[0]
-    timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(found["seconds"], 4)}
-    item = {
-        "job": result.job.key, "prompt": spec.text, "spec": {k: v for k, v in spec.to_dict().items() if k != "extra"},
-        "seed": spec.seed, "requested_size": f"{spec.width}x{spec.height}", "workflow": workflow.name,
-        "workflow_sha256": workflow.sha256, "prompt_id": result.prompt_id, "backend": server["backend"],
-        "comfyui_url": result.server or server["url"],  # the server that made it
-        "comfyui_version": server["comfyui_version"], "gpu": server["gpu"], "path": str(path),
-        "size_bytes": path.stat().st_size, "sha256": sha256_file(path), "timings_s": timings,
-        "cached_nodes": result.cached_nodes,
-        "checks": [
-            {"name": c.name, "passed": c.passed, "value": cell(c.value), "expected": cell(c.expected), "message": c.message}
-            for c in found["checks"]
-        ],
-        "preview": found["preview"],
-        **found["facts"],
-    }
-    if image is not None:
-        item["input_image"] = str(image)
-    return item
-
-
-def cell(value: Any) -> Any:
-    """A value a JSON/CSV cell can hold as it is."""
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+    timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(found.seconds, 4)}
+    return OutputItem(
+        job=result.job.key, prompt=spec.text, spec=spec, path=str(path), checks=found.checks,
+        workflow=workflow.name, workflow_sha256=workflow.sha256, prompt_id=result.prompt_id, backend=server.backend,
+        comfyui_url=result.server or server.url, comfyui_version=server.comfyui_version, gpu=server.gpu,
+        size_bytes=path.stat().st_size, sha256=sha256_file(path), timings_s=timings,
+        cached_nodes=tuple(result.cached_nodes), facts=found.facts, preview=found.preview,
+        input_image=None if image is None else str(image),
+    )
 
 
 def _preview(make, path: Path) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfy_pipeline.comfyui.errors import (
-    ComfyUIError, NodeError, PromptLost, ServerError, ServerUnreachable, WorkflowValidationError,
+    ComfyUIError, NodeError, PromptLost, ServerError, ServerUnreachable, WorkflowValidationError, is_transient,
 )
 from comfy_pipeline.workflows.compat import adapt_to_server
 from comfy_pipeline.workflows.preflight import preflight
@@ -42,7 +42,7 @@ RESUBMIT_DELAY_S = 0.5  # after a 5xx on POST /prompt: a proxy or server hiccup,
 
 @dataclass
 class Job:
-    key: str  # stable id within the batch, e.g. "p0"
+    key: str  # stable id within the batch, e.g. "prompt 0"
     workflow: Workflow
     values: dict[str, Any]  # workflow parameter values
     filename_prefix: str  # server-side prefix, unique per run: never a cached or overwritten output
@@ -327,7 +327,8 @@ class _Batch:
         others = any(other.alive for other in self.lanes)
         moving = []
         for index, item in enumerate(on_it):
-            never_ran = index > 0 or getattr(item.result.error, "prompt_started", None) is False
+            gone = item.result.error
+            never_ran = index > 0 or (isinstance(gone, ServerUnreachable) and gone.prompt_started is False)
             if others and never_ran:
                 item.result.error = None
                 item.result.files.clear()
@@ -414,7 +415,7 @@ def _submit_once(client: "ComfyUIClient", graph: dict, prompt_id: str, client_id
     try:
         return client.submit(graph, prompt_id=prompt_id, client_id=client_id)
     except ServerError as exc:
-        if not (exc.status or 0) >= 500:
+        if not is_transient(exc):  # a 4xx or a wrong answer repeats itself
             raise
         log.warning("POST /prompt for %s failed (%s); trying once more under the same id", prompt_id, exc)
         time.sleep(RESUBMIT_DELAY_S)

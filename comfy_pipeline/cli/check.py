@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from comfy_pipeline.batch import ledger, outputs
+from comfy_pipeline.batch.records import GenerationManifest, OutputItem, ServerInfo
 from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, sigterm_as_keyboard_interrupt, tagged_stderr
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
@@ -393,9 +394,9 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
             summary.backend = meta.get("backend", summary.backend)
-            for item in _items(result, event, meta):
-                summary.outputs.append(item["path"])
-                summary.checks += [{"output": item["path"], **check} for check in item["checks"]]
+            for item in _items(result, event):
+                summary.outputs.append(item.path)
+                summary.checks += [{"output": item.path, **check.to_json()} for check in item.checks]
             for phase, seconds in (meta.get("timings_s") or {}).items():
                 summary.performance[phase] = round(summary.performance.get(phase, 0.0) + seconds, 4)
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
@@ -403,11 +404,13 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
             user = data.user_failure_data
             summary.errors.append(user.description if user and user.description else data.error.message.strip())
     if test.kind == "connection" and result.success:
-        info = result.output_for_node("comfyui_connection")
-        summary.backend = info.get("backend")
-        summary.performance["connection"] = info.get("connection_s", 0.0)
-        summary.checks.append({"name": "server_answers", "passed": True, "value": info.get("comfyui_version"),
-                               "expected": "a ComfyUI version", "message": f"{info.get('gpu')}, queue {info.get('queue_pending')} pending"})
+        found = result.output_for_node("comfyui_connection")
+        info = ServerInfo.from_json(found)
+        summary.backend = info.backend
+        summary.performance["connection"] = info.connection_s
+        summary.checks.append({"name": "server_answers", "passed": True, "value": info.comfyui_version,
+                               "expected": "a ComfyUI version",
+                               "message": f"{info.gpu}, queue {found.get('queue_pending')} pending"})
     failed_checks = [c for c in summary.checks if not c["passed"]]
     if failed_checks and summary.success:
         summary.success = False
@@ -416,17 +419,17 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
     return summary
 
 
-def _items(result: Any, event: Any, meta: dict) -> list[dict]:
-    """The outputs a materialization recorded: from its metadata, or, when the list is kept out of the metadata
-    (it grows with the prompts), from the asset's value, the manifest the run handed downstream."""
-    if meta.get("items") is not None:
-        return list(meta["items"])
+def _items(result: Any, event: Any) -> "tuple[OutputItem, ...]":
+    """The outputs a materialization recorded, from the asset's value: the manifest the run handed downstream
+    (the metadata only points at the list, which grows with the prompts). The report's value lists none."""
     key = event.event_specific_data.materialization.asset_key
     try:
         value = result.asset_value(key)
     except Exception:  # no value captured for this asset (it failed after materializing): nothing to list
-        return []
-    return list(value.get("items") or []) if isinstance(value, dict) else []
+        return ()
+    if not isinstance(value, dict) or "items" not in value:
+        return ()
+    return GenerationManifest.from_json(value).items
 
 
 # --- inputs --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ _HOMES = {
     **{name: "errors" for name in (
         "AuthenticationError", "ComfyUIError", "DownloadError", "ExecutionError", "NodeError", "NoServerConfigured",
         "PromptInterrupted",
-        "PromptLost", "PromptTimeout", "ServerError", "ServerUnreachable", "WorkflowValidationError",
+        "PromptLost", "ProtocolError", "is_transient", "PromptTimeout", "ServerError", "ServerUnreachable", "WorkflowValidationError",
     )},
 }
 
@@ -36,9 +36,11 @@ __all__ = [
     "PromptLost",
     "PromptResult",
     "PromptTimeout",
+    "ProtocolError",
     "ServerError",
     "ServerUnreachable",
     "WorkflowValidationError",
+    "is_transient",
     "node_errors_to_list",
     "outputs",
     "rejection_from_response",

@@ -9,13 +9,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from .errors import ServerError
+from .errors import ProtocolError
+
+__all__ = ["MAX_OUTPUTS_PER_PROMPT", "ProtocolError", "checked"]  # ProtocolError: re-exported, it lives in errors
 
 MAX_OUTPUTS_PER_PROMPT = 64  # no workflow of ours saves more; a history entry listing hundreds is hostile
-
-
-class ProtocolError(ServerError):
-    """The server answered, but not in ComfyUI's shape. Not transient: asking again gets the same answer."""
 
 
 class _Open(BaseModel):

@@ -511,12 +511,11 @@ class ComfyUIClient:
                             # A dead server would otherwise hold the run for the whole prompt timeout. A slow
                             # one may still take the cancel: the prompt must not run on after we gave up on it.
                             self._cancel_quietly(prompt_id)
-                            gone_down = ServerUnreachable(
+                            raise ServerUnreachable(
                                 self.url, f"no usable answer for {self.server_down_timeout:g} s while waiting for "
-                                f"prompt {prompt_id} ({exc}); whether it ran is unknown"
-                            )
-                            gone_down.prompt_started = started is not None  # never seen running: may move
-                            raise gone_down from None
+                                f"prompt {prompt_id} ({exc}); whether it ran is unknown",
+                                prompt_started=started is not None,  # never seen running: may move
+                            ) from None
                         self.log.info("checking prompt %s failed (%s); trying again", prompt_id, exc)
                         entry, state = None, "unreachable"
                     else:
@@ -606,7 +605,7 @@ class ComfyUIClient:
                 node_type=last.get("node_type"),
                 exception_type=str(last.get("exception_type") or "Exception"),
                 exception_message=str(last.get("exception_message") or ""),
-                traceback_tail=list(last.get("traceback") or [])[-2:],
+                server_traceback=_frames(last.get("traceback")),
             )
         if last_kind == "execution_interrupted":
             raise PromptInterrupted(prompt_id, last.get("node_id"))
@@ -733,3 +732,10 @@ class ComfyUIClient:
             except OSError as exc:  # disk full, quota, file size limit, read-only folder
                 raise DownloadError(f"Writing {source} into {dest_dir} failed ({exc.strerror or exc}); "
                                     "the partial file was deleted. Free some space and run again.") from None
+
+
+def _frames(traceback: object) -> list[str]:
+    """ComfyUI's traceback (a list of format_tb strings) as such, whatever shape a server sends."""
+    if isinstance(traceback, list):
+        return [str(frame) for frame in traceback]
+    return [str(traceback)] if traceback else []

@@ -1,4 +1,21 @@
-"""Errors raised by the ComfyUI client.
+"""Errors raised by the ComfyUI client: one tree, and whether a fault is transient decided here only.
+
+    ComfyUIError                       base of everything the client raises
+    +-- ServerUnreachable        [T]   refused, DNS, TLS, connect timeout, stopped answering mid-wait
+    +-- ServerError              [T*]  answered, but not as the protocol says (*transient when HTTP 5xx)
+    |   +-- ProtocolError              valid JSON of the wrong shape (asking again gets the same answer)
+    +-- AuthenticationError            HTTP 401/403 from the server or a proxy in front of it
+    +-- NoServerConfigured             a deployment's run with no server configured
+    +-- WorkflowValidationError        the graph was rejected before running (server or offline pre-flight)
+    +-- ExecutionError                 a node raised while the prompt ran
+    +-- PromptInterrupted              the prompt was interrupted on the server
+    +-- PromptLost               [T]   the server forgot the prompt (it restarted)
+    +-- PromptTimeout                  the prompt did not finish in time (cancelled)
+    +-- DownloadError                  an output could not be downloaded safely
+
+[T]: transient, a later attempt may not meet it: `is_transient(exc)` (or `exc.transient`) is what the batch
+runner and the Dagster assets ask, so that retrying is decided in one place. Everything else is permanent:
+bad input, a bad graph, a node that raises, a server that answers in the wrong shape.
 
 Every message says what failed and what to do about it, and never contains a credential:
 URLs are passed through `redact_url` before they are put in a message.
@@ -10,15 +27,26 @@ from dataclasses import dataclass, field
 class ComfyUIError(Exception):
     """Base class for everything the ComfyUI client raises."""
 
+    transient: bool = False  # see the tree above
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """A server fault that a later attempt may not meet (unreachable, restarted, 5xx); False for anything else."""
+    return isinstance(error, ComfyUIError) and error.transient
+
 
 class ServerUnreachable(ComfyUIError):
-    """The server could not be reached (refused, DNS, TLS, connect timeout)."""
+    """The server could not be reached (refused, DNS, TLS, connect timeout).
 
-    prompt_started: bool | None = None  # when it went down during a wait: whether the prompt was seen running
+    `prompt_started`, when it went down during a wait: whether the prompt was seen running (a prompt never
+    seen running may move to another server); None when it went down outside a wait."""
 
-    def __init__(self, url: str, reason: str):
+    transient = True
+
+    def __init__(self, url: str, reason: str, *, prompt_started: bool | None = None):
         self.url = url
         self.reason = reason
+        self.prompt_started = prompt_started
         super().__init__(
             f"ComfyUI server at {url} is not reachable ({reason}). "
             "Check that ComfyUI is running and that the URL (COMFYUI_URL / --comfyui-url) is right."
@@ -43,6 +71,18 @@ class ServerError(ComfyUIError):
     def __init__(self, message: str, status: int | None = None):
         self.status = status
         super().__init__(message)
+
+    @property
+    def transient(self) -> bool:  # a proxy or server hiccup; a 4xx or a wrong answer repeats itself
+        return (self.status or 0) >= 500
+
+
+class ProtocolError(ServerError):
+    """The server answered, but not in ComfyUI's shape. Not transient: asking again gets the same answer."""
+
+    @property
+    def transient(self) -> bool:
+        return False
 
 
 class AuthenticationError(ComfyUIError):
@@ -78,27 +118,35 @@ class WorkflowValidationError(ComfyUIError):
         super().__init__("\n".join(lines))
 
 
+MAX_TRACEBACK_FRAMES = 40  # the server's traceback is kept for the items report; a hostile one stays bounded
+MAX_FRAME_CHARS = 4000
+
+
 @dataclass
 class ExecutionError(ComfyUIError):
-    """A node raised while the prompt ran on the server."""
+    """A node raised while the prompt ran on the server.
+
+    Its message (what a person reads in a check, a report row, a run failure) is the exception's type and
+    message and the node; ComfyUI's Python traceback (server file paths, `^^^^` lines) is kept apart in
+    `server_traceback`, which only the items report (JSON) records."""
 
     prompt_id: str
     node_id: str | None
     node_type: str | None
     exception_type: str
     exception_message: str
-    traceback_tail: list[str] = field(default_factory=list)
+    server_traceback: list[str] = field(default_factory=list)  # ComfyUI's format_tb lines, last frames
 
     def __post_init__(self):
+        frames = self.server_traceback[-MAX_TRACEBACK_FRAMES:]
+        self.server_traceback = [str(frame)[:MAX_FRAME_CHARS] for frame in frames]
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        tail = "".join(self.traceback_tail).rstrip()
-        msg = (
+        return (
             f"ComfyUI prompt {self.prompt_id} failed in node {self.node_id} ({self.node_type}): "
             f"{self.exception_type}: {self.exception_message.strip()}"
         )
-        return f"{msg}\n{tail}" if tail else msg
 
 
 class PromptInterrupted(ComfyUIError):
@@ -113,6 +161,8 @@ class PromptInterrupted(ComfyUIError):
 
 class PromptLost(ComfyUIError):
     """The prompt is in neither the queue nor the history: the server restarted and forgot it."""
+
+    transient = True
 
     def __init__(self, prompt_id: str, *, resubmitted: bool = False):
         self.prompt_id = prompt_id

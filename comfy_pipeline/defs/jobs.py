@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from comfy_pipeline.defs.assets import generated_image, ltx2_video, prompt, validation_report
 from comfy_pipeline.comfyui.errors import ComfyUIError
+from comfy_pipeline.defs.assets import generated_image, ltx2_video, prompt, validation_report
 from comfy_pipeline.defs.resources import SERVER_TAG, ComfyUIResource, gpu_pool
 
 # The run queue limits runs per server set (deploy/dagster.yaml, tag_concurrency_limits on SERVER_TAG).
@@ -33,20 +33,20 @@ video_generation_job = dg.define_asset_job(
 def comfyui_connection(context: dg.OpExecutionContext, comfy: ComfyUIResource) -> dict:
     try:
         info = comfy.server_info()
-        queues = [client.queue() for client in comfy.get_clients() if client.url in info["servers"]]
+        queues = [client.queue() for client in comfy.get_clients() if client.url in info.servers]
     except ComfyUIError as exc:
         raise dg.Failure(description=str(exc), metadata={"comfyui_url": comfy.display_url}) from None
-    info["queue_running"] = sum(len(q.get("queue_running", [])) for q in queues)
-    info["queue_pending"] = sum(len(q.get("queue_pending", [])) for q in queues)
-    for problem in info["unreachable"]:
+    running = sum(len(q.get("queue_running", [])) for q in queues)
+    pending = sum(len(q.get("queue_pending", [])) for q in queues)
+    for problem in info.unreachable:
         context.log.warning(f"not answering: {problem}")
     context.log.info(
-        f"ComfyUI {info['comfyui_version']} ({info['backend']}) at {info['url']}: {info['gpu']}, "
-        f"VRAM {info['vram_free_gb']}/{info['vram_total_gb']} GB free, "
-        f"queue {info['queue_running']} running + {info['queue_pending']} pending"
+        f"ComfyUI {info.comfyui_version} ({info.backend}) at {info.url}: {info.gpu}, "
+        f"VRAM {info.vram_free_gb}/{info.vram_total_gb} GB free, queue {running} running + {pending} pending"
     )
-    context.add_output_metadata(info)
-    return info
+    found = {**info.to_json(), "queue_running": running, "queue_pending": pending}  # the op's output: JSON
+    context.add_output_metadata(found)
+    return found
 
 
 @dg.job(description="Check that the ComfyUI server answers: version, devices, VRAM, queue.")

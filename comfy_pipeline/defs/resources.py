@@ -9,12 +9,10 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from comfy_pipeline.batch.records import COMFYUI, SIMULATOR, ServerInfo
 from comfy_pipeline.comfyui.errors import ComfyUIError, NoServerConfigured
 from comfy_pipeline.comfyui.redaction import redact_url
 from comfy_pipeline.media import ImageThresholds, VideoThresholds
-
-SIMULATOR = "simulator"
-COMFYUI = "comfyui"
 
 
 class ComfyUIResource(dg.ConfigurableResource):
@@ -146,10 +144,9 @@ class ComfyUIResource(dg.ConfigurableResource):
         """The first server's client (the only one, unless several servers are configured)."""
         return self.get_clients()[0]
 
-    def server_info(self) -> dict[str, Any]:
+    def server_info(self) -> ServerInfo:
         """Backend, version, GPU and VRAM of every server, from /system_stats; raises ServerUnreachable when
-        none answers. With several servers, `url`, `gpu` and `comfyui_version` list each one's, and the servers
-        that did not answer are named under `unreachable` (the batch leaves them out)."""
+        none answers. The servers that did not answer are named under `unreachable` (the batch leaves them out)."""
         started = time.monotonic()
         found, down = [], []
         for client in self.get_clients():
@@ -162,18 +159,8 @@ class ComfyUIResource(dg.ConfigurableResource):
         if not found:
             raise down[0][1]
         infos = [_describe(client, stats, self._simulator is not None) for client, stats in found]
-        joined = lambda key: ", ".join(dict.fromkeys(str(i[key]) for i in infos))  # noqa: E731  distinct, in order
-        return {
-            "backend": SIMULATOR if any(i["backend"] == SIMULATOR for i in infos) else COMFYUI,
-            "url": ", ".join(i["url"] for i in infos),
-            "servers": [i["url"] for i in infos],
-            "comfyui_version": joined("comfyui_version"),
-            "gpu": joined("gpu"),
-            "vram_total_gb": round(sum(i["vram_total_gb"] for i in infos), 2),
-            "vram_free_gb": round(sum(i["vram_free_gb"] for i in infos), 2),
-            "unreachable": [f"{url}: {exc}" for url, exc in down],
-            "connection_s": round(self._connect_seconds + time.monotonic() - started, 4),
-        }
+        return ServerInfo.combine(infos, [f"{url}: {exc}" for url, exc in down],
+                                  self._connect_seconds + time.monotonic() - started)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
@@ -242,18 +229,19 @@ def _host_port(url: str) -> str:
     return f"{host}-{port}"
 
 
-def _describe(client, stats: dict, embedded: bool) -> dict[str, Any]:
+def _describe(client, stats: dict, embedded: bool) -> ServerInfo:
     device = (stats.get("devices") or [{}])[0]
     # A URL can point at `comfy-pipeline simulator` too: trust what the server says it is.
     simulated = embedded or "simulator" in str(device.get("name", "")).lower()
-    return {
-        "backend": SIMULATOR if simulated else COMFYUI,
-        "url": client.url,
-        "comfyui_version": (stats.get("system") or {}).get("comfyui_version"),
-        "gpu": device.get("name"),
-        "vram_total_gb": round((device.get("vram_total") or 0) / 1024**3, 2),
-        "vram_free_gb": round((device.get("vram_free") or 0) / 1024**3, 2),
-    }
+    return ServerInfo(
+        backend=SIMULATOR if simulated else COMFYUI,
+        url=client.url,
+        servers=(client.url,),
+        comfyui_version=(stats.get("system") or {}).get("comfyui_version"),
+        gpu=device.get("name"),
+        vram_total_gb=round((device.get("vram_total") or 0) / 1024**3, 2),
+        vram_free_gb=round((device.get("vram_free") or 0) / 1024**3, 2),
+    )
 
 
 def _recorded_session_url() -> str | None:

@@ -1,0 +1,213 @@
+"""One GPU step of a run (the images, or the videos), from server survey to checked outputs. No Dagster here.
+
+`run_gpu_step` does what the image and the video asset share: load the workflow, ask the servers who they are,
+cancel what dead runs left on them, run every prompt through the batch runner (each output checked as soon as
+it is home, while the GPU works on the next), and describe every output and every failed prompt. It returns a
+StepOutcome; the Dagster layer turns that into metadata, check results and failures.
+
+It raises only for what stops the whole step: a bad workflow or bad prompt ids (StepInputError, WorkflowError),
+a server fault before or during the batch (ComfyUIError: ask `is_transient`), or BatchInterrupted.
+"""
+
+import importlib
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from comfy_pipeline.batch import ledger, outputs, plan
+from comfy_pipeline.batch.inspection import Inspection, describe, inspect_image, inspect_video
+from comfy_pipeline.batch.interrupts import interrupt_flag
+from comfy_pipeline.batch.progress import ProgressLogger
+from comfy_pipeline.batch.records import FailedPrompt, GenerationManifest, OutputItem, ServerInfo
+from comfy_pipeline.batch.runner import BatchInterrupted, JobResult, run_batch
+from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
+from comfy_pipeline.workflows.prompts import PromptSpec
+from comfy_pipeline.workflows.workflow import Workflow, WorkflowError, load_workflow
+
+
+class StepInputError(ValueError):
+    """The step was given something it cannot run (bad prompt ids): permanent, nothing was submitted."""
+
+
+class Servers(Protocol):
+    """What a step needs of its ComfyUI server(s): the Dagster resource (defs.resources.ComfyUIResource) is one."""
+
+    output_path: Path
+    max_in_flight: int
+    prompt_timeout: float
+    queue_timeout: float
+
+    def get_clients(self) -> list: ...
+
+    def server_info(self) -> ServerInfo: ...
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What differs between the image and the video step; everything else is one code path."""
+
+    folder: str  # "images", "videos": the run folder's subfolder, and plan.gpu_job's kind
+    inspect: Callable[[Path, PromptSpec, Workflow, Any], Inspection]
+
+
+# Through the module's names, so that a test can watch the inspections.
+IMAGES = OutputKind("images", lambda *args: inspect_image(*args))
+VIDEOS = OutputKind("videos", lambda *args: inspect_video(*args))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One prompt of the step: its index in the run ("prompt 3" -> "video 3"), its spec, the image to animate."""
+
+    index: int
+    spec: PromptSpec
+    image: Path | None = None
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """Everything a finished step made and missed. `items` are in prompt order, as are `failed`."""
+
+    server: ServerInfo
+    workflow_load_s: float
+    items: tuple[OutputItem, ...]
+    failed: tuple[FailedPrompt, ...]
+    errors: tuple[BaseException, ...]  # of the failed prompts, in the same order
+
+    @property
+    def broken(self) -> list[OutputItem]:
+        """Outputs that came home but failed a check (kept for inspection)."""
+        return [item for item in self.items if not item.passed]
+
+    @property
+    def transient(self) -> bool:
+        """Every prompt failed for a reason a later attempt may not meet."""
+        return bool(self.errors) and all(is_transient(e) for e in self.errors)
+
+    def summary(self) -> str:
+        """`1 of 3 prompt(s) failed:` and one line per failed prompt (never a server traceback)."""
+        count = len(self.items) + len(self.failed)
+        return f"{len(self.failed)} of {count} prompt(s) failed:\n" + "\n".join(f.line() for f in self.failed)
+
+    def phases(self) -> dict[str, float]:
+        """Seconds per phase, summed over the step: connection, workflow load, then each output's."""
+        found = {"connection": self.server.connection_s, "workflow_load": self.workflow_load_s}
+        for item in self.items:
+            for phase, seconds in item.timings_s.items():
+                found[phase] = round(found.get(phase, 0.0) + seconds, 4)
+        return found
+
+    def manifest(self) -> GenerationManifest:
+        first = self.items[0] if self.items else None
+        return GenerationManifest(
+            items=self.items, failed=self.failed, backend=self.server.backend, comfyui_url=self.server.url,
+            workflow=first.workflow if first else "", workflow_sha256=first.workflow_sha256 if first else "",
+            timings_s=self.phases(),
+        )
+
+
+def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: str, prompt_ids: Sequence[str],
+                 servers: Servers, thresholds: Any, run_id: str, run_folder: Path,
+                 run_ended: Callable[[str], bool], log: Any,
+                 on_server: Callable[[ServerInfo], None] | None = None) -> StepOutcome:
+    """Run every source through the kind's workflow on `servers`, check each output against `thresholds`
+    (ImageThresholds or VideoThresholds) and describe them all, the failed prompts included. `run_ended` says
+    whether another run has ended (its prompts left on a server are then cancelled); `log` is a logger
+    (Dagster's context.log); `on_server` hears who the servers are before any prompt is queued."""
+    loading_started = time.monotonic()
+    workflow = load_workflow(workflow_name)
+    workflow_load_s = round(time.monotonic() - loading_started, 4)
+    server = servers.server_info()
+    for problem in server.unreachable:
+        log.warning(f"not answering, left out of this step: {problem}")
+    if on_server is not None:
+        on_server(server)
+    folder = outputs.kind_dir(run_folder, kind.folder)
+    cancel_orphans(servers, server, run_ended, log)
+    ids = chosen_prompt_ids(prompt_ids, len(sources))
+    jobs = [plan.gpu_job(kind.folder, s.index, s.spec, s.image, workflow, run_id, folder, ids[n])
+            for n, s in enumerate(sources)]
+    source_of = {job.key: source for job, source in zip(jobs, sources)}
+    _warm_up_report_imports()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        checking = {}
+
+        def check_when_home(result: JobResult) -> None:  # while the GPU works on the next prompts
+            spec = source_of[result.job.key].spec
+            checking[result.job.key] = pool.submit(kind.inspect, result.files[0], spec, workflow, thresholds)
+
+        results = _run(servers, server, jobs, run_id, check_when_home, log)
+        inspections = {r.job.key: checking[r.job.key].result() for r in results if r.ok}  # all were handed over
+    items, failed, errors = [], [], []
+    for source, result in zip(sources, results):
+        if result.ok:
+            items.append(describe(source.spec, source.image, result, workflow, server, inspections[result.job.key]))
+        else:
+            failed.append(FailedPrompt.of(result.job.key, source.spec, result.error, result.prompt_id, result.server))
+            errors.append(result.error)
+    return StepOutcome(server, workflow_load_s, tuple(items), tuple(failed), tuple(errors))
+
+
+def chosen_prompt_ids(given: Sequence[str], count: int) -> list[str | None]:
+    """The prompt ids chosen ahead (config `prompt_ids`), one per prompt; None each when none were given."""
+    from comfy_pipeline.comfyui.client import is_canonical_uuid  # loaded by the step's client already
+
+    if not given:
+        return [None] * count
+    bad = [i for i in given if not is_canonical_uuid(i)]
+    if len(given) != count or bad:
+        raise StepInputError(
+            f"config prompt_ids: give one lowercase UUID per prompt ({count}), or none; got {len(given)}"
+            + (f", of which not UUIDs: {bad[:3]}" if bad else ""))
+    return list(given)
+
+
+def cancel_orphans(servers: Servers, server: ServerInfo, run_ended: Callable[[str], bool], log: Any) -> None:
+    """Clean up after dead runs before queueing our own work: their prompts on these servers (batch.ledger) and
+    their partial downloads in the output folder."""
+    for client in servers.get_clients():
+        if client.url not in server.servers:
+            continue  # not answering: swept once it is back
+        found = ledger.cancel_orphans(servers.output_path, client.url, client.cancel, run_ended)
+        for dead_run in sorted({e.run_id for e in found}):
+            ids = [e.prompt_id for e in found if e.run_id == dead_run]
+            log.warning(f"run {dead_run} died with {len(ids)} prompt(s) on {client.url}; cancelled them "
+                        "there: " + ", ".join(ids))
+    for part in outputs.remove_stale_parts(servers.output_path, run_ended):
+        log.info(f"removed {part}, a partial download a dead run left behind")
+
+
+def _run(servers: Servers, server: ServerInfo, jobs: list, run_id: str, on_result: Callable[[JobResult], None],
+         log: Any) -> list[JobResult]:
+    clients = [c for c in servers.get_clients() if c.url in server.servers]  # those that answered
+    record = ledger.PromptLedger(servers.output_path, run_id)
+    try:
+        with interrupt_flag() as stop:
+            results = run_batch(
+                clients, jobs, max_in_flight=servers.max_in_flight, prompt_timeout=servers.prompt_timeout,
+                queue_timeout=servers.queue_timeout, on_progress=ProgressLogger(log), stop=stop,
+                logger=log, ledger=record, on_result=on_result,
+            )
+    except (BatchInterrupted, ComfyUIError, WorkflowError):
+        record.close()  # nothing of ours is left running: run_batch cancels its prompts when it fails
+        raise
+    # Not on an interrupt it did not see through (KeyboardInterrupt, Dagster's): the record is left for the sweep.
+    record.close()
+    for result in results:
+        if result.ok:
+            via = f" on {result.server}" if len(clients) > 1 else ""
+            log.info(f"{result.job.key}: {result.files[0]} (prompt {result.prompt_id}{via})")
+        else:
+            log.error(f"{result.job.key}: {result.error}")
+    return results
+
+
+def _warm_up_report_imports() -> None:
+    """Import pandas (for the report) in the background while the GPU works, instead of after it."""
+    if "pandas" not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
