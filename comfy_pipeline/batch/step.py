@@ -26,6 +26,7 @@ from comfy_pipeline.batch.progress import ProgressLogger
 from comfy_pipeline.batch.records import FailedPrompt, GenerationManifest, OutputItem, ServerInfo
 from comfy_pipeline.batch.runner import BatchInterrupted, JobResult, run_batch
 from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
+from comfy_pipeline.media import MediaError, probe_image
 from comfy_pipeline.workflows.prompts import PromptSpec
 from comfy_pipeline.workflows.workflow import Workflow, WorkflowError, load_workflow
 
@@ -102,6 +103,35 @@ class StepOutcome:
                 found[phase] = round(found.get(phase, 0.0) + seconds, 4)
         return found
 
+    def incomplete(self) -> str:
+        """What is missing or broken, for a step that fails after recording everything good."""
+        broken = [item.path for item in self.broken]
+        return ((self.summary() if self.failed else "")
+                + (f"\n{len(broken)} output(s) failed their checks: {', '.join(broken)}" if broken else "")
+                + f"\nThe other {len(self.items) - len(broken)} output(s) were checked and recorded.")
+
+    def previews(self, count: int) -> str:
+        """Markdown: the first `count` outputs' prompts and previews."""
+        return "\n\n".join(f"**{md_cell(item.prompt)[:120]}**\n\n{item.preview}" for item in self.items[:count])
+
+    def write_listing(self, run_folder: Path, name: str) -> Path:
+        """The items report, `reports/<name>_items.json`: every output and failed prompt, with the server's
+        traceback of each failed one. A retried step rewrites it."""
+        path = outputs.kind_dir(run_folder, "reports") / f"{name}_items.json"
+        return outputs.write_json(path, self.manifest().listing_json(), replace=True)
+
+    def problems(self) -> list[str]:
+        """One line per failed check (its message names the file) and per failed prompt."""
+        bad = [c.message for item in self.items for c in item.checks if not c.passed]
+        return bad + [f"{f.line()} (no output)" for f in self.failed]
+
+    def checks_table(self, max_rows: int) -> str:
+        """A markdown table: one row per output (at most `max_rows`), one column per check."""
+        header = ["output", *[c.name for c in self.items[0].checks]] if self.items else ["output"]
+        rows = [[Path(item.path).name, *["pass" if c.passed else f"FAIL: {c.value}" for c in item.checks]]
+                for item in self.items[:max_rows]]
+        return md_table(header, rows)
+
     def manifest(self) -> GenerationManifest:
         first = self.items[0] if self.items else None
         return GenerationManifest(
@@ -151,6 +181,41 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
             failed.append(FailedPrompt.of(result.job.key, source.spec, result.error, result.prompt_id, result.server))
             errors.append(result.error)
     return StepOutcome(server, workflow_load_s, tuple(items), tuple(failed), tuple(errors))
+
+
+def sources_from_images(images: GenerationManifest) -> list[Source]:
+    """The video step's sources: each image of `images` that passed its checks, under its prompt's index."""
+    usable = [item for item in images.items if item.passed]
+    if not usable:
+        run = images.source.run_id if images.source else "?"
+        raise StepInputError(f"No usable input image: every image of generated_image (run {run}) failed its checks.")
+    return [Source(int(item.job.rsplit(" ", 1)[-1]), item.spec, Path(item.path)) for item in usable]
+
+
+def sources_from_files(spec: PromptSpec, paths: Sequence[str]) -> list[Source]:
+    """The video step's sources from image files the run config names: every one is probed before any prompt
+    is queued."""
+    sources = []
+    for i, raw in enumerate(paths):
+        image = Path(raw).expanduser()
+        try:
+            probe_image(image)
+        except MediaError as exc:
+            raise StepInputError(f"input image cannot be used: {exc}. Give the path of a PNG, JPEG or WebP "
+                                 "image.") from None
+        sources.append(Source(i, spec, image))
+    return sources
+
+
+def md_table(header: list[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table, its cells made safe (no `|`, no line breaks)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def chosen_prompt_ids(given: Sequence[str], count: int) -> list[str | None]:

@@ -32,7 +32,6 @@ from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
 from comfy_pipeline.defs.config import ImageConfig, PromptConfig, VideoConfig
 from comfy_pipeline.defs.io_manager import LATEST
 from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds, gpu_pool
-from comfy_pipeline.media import MediaError, probe_image
 from comfy_pipeline.workflows.prompts import PromptError, PromptSpec, check_specs, library_specs
 from comfy_pipeline.workflows.workflow import WorkflowError
 
@@ -66,7 +65,7 @@ def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output
             specs = library if config.use_library else library[:1]
     rows = [[i, s.text, s.motion_prompt or s.text, s.seed, f"{s.width}x{s.height}", f"{s.frames} @ {s.fps}"]
             for i, s in enumerate(specs[:MAX_TABLE_ROWS])]
-    table = _md_rows(["#", "prompt", "motion", "seed", "size", "frames @ fps"], rows)
+    table = step.md_table(["#", "prompt", "motion", "seed", "size", "frames @ fps"], rows)
     context.log.info(f"{len(specs)} prompt(s) in this run")
     return dg.Output(
         PromptManifest(tuple(specs)).to_json(),
@@ -220,34 +219,24 @@ def _gpu_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, kind: _
               transient=is_transient(exc))
     if not outcome.items:
         _fail(context, outcome.summary(), _failure_metadata(outcome.errors[0]), transient=outcome.transient)
-    manifest = outcome.manifest()
-    listing = outputs.kind_dir(run_folder, "reports") / f"{context.asset_key.to_user_string()}_items.json"
-    outputs.write_json(listing, manifest.listing_json(), replace=True)  # a retried step rewrites it
-    yield _materialize(context, kind, outcome, manifest, lineage, listing)
-    broken = [item.path for item in outcome.broken]
-    if (outcome.failed or broken) and not _downstream_in_run(context, kind):
-        raise dg.Failure(
-            description=(outcome.summary() if outcome.failed else "")
-            + (f"\n{len(broken)} output(s) failed their checks: {', '.join(broken)}" if broken else "")
-            + f"\nThe other {len(outcome.items) - len(broken)} output(s) were checked and recorded.",
-            metadata=_failure_metadata(outcome.errors[0] if outcome.errors else None),
-            allow_retries=False,
-        )
-    if outcome.failed or broken:
-        context.log.warning(f"{len(outcome.failed)} prompt(s) failed and {len(broken)} output(s) failed their "
-                            "checks; the good ones go on, and the run fails at its end naming them")
+    listing = outcome.write_listing(run_folder, context.asset_key.to_user_string())
+    yield _materialize(context, kind, outcome, listing, lineage)
+    if (outcome.failed or outcome.broken) and not _downstream_in_run(context, kind):
+        raise dg.Failure(description=outcome.incomplete(), allow_retries=False,
+                         metadata=_failure_metadata(outcome.errors[0] if outcome.errors else None))
+    if outcome.failed or outcome.broken:
+        context.log.warning(f"{len(outcome.failed)} prompt(s) failed and {len(outcome.broken)} output(s) failed "
+                            "their checks; the good ones go on, and the run fails at its end naming them")
 
 
-def _materialize(context: dg.AssetExecutionContext, kind: _Kind, outcome: step.StepOutcome,
-                 manifest: GenerationManifest, lineage: dict[str, Lineage | None],
-                 listing: Path) -> dg.MaterializeResult:
+def _materialize(context: dg.AssetExecutionContext, kind: _Kind, outcome: step.StepOutcome, listing: Path,
+                 lineage: dict[str, Lineage | None]) -> dg.MaterializeResult:
     """The manifest (the asset's value) and the metadata the UI shows. The metadata stays the same size however
     many prompts a run has: the first output's facts, counts, at most MAX_PREVIEWS previews and MAX_TABLE_ROWS
     rows; the full list of outputs is `listing`, which the metadata points to."""
-    items, failed, server = outcome.items, outcome.failed, outcome.server
+    items, failed, server, manifest = outcome.items, outcome.failed, outcome.server, outcome.manifest()
     first = items[0]
     servers = sorted({item.comfyui_url for item in items})
-    previews = "\n\n".join(f"**{_md(item.prompt)[:120]}**\n\n{item.preview}" for item in items[:MAX_PREVIEWS])
     metadata: dict[str, Any] = {
         "backend": server.backend, "comfyui_url": ", ".join(servers),
         "comfyui_version": server.comfyui_version or "?", "gpu": server.gpu or "?",
@@ -259,19 +248,13 @@ def _materialize(context: dg.AssetExecutionContext, kind: _Kind, outcome: step.S
         "timings_s": dg.MetadataValue.json(dict(manifest.timings_s)),
         "items_json": dg.MetadataValue.path(str(listing)),
         "outputs_per_server": dg.MetadataValue.json({url: sum(i.comfyui_url == url for i in items) for url in servers}),
-        "preview": dg.MetadataValue.md(previews),
+        "preview": dg.MetadataValue.md(outcome.previews(MAX_PREVIEWS)),
         **first.facts, **_lineage_metadata(lineage),
     }
-    bad = [c.message for item in items for c in item.checks if not c.passed]  # messages name the file
-    bad += [f"{f.line()} (no output)" for f in failed]
+    bad = outcome.problems()
     for item in outcome.broken:
         names = [c.name for c in item.checks if not c.passed]
         context.log.error(f"{item.path} failed check(s) {names}; the file is kept for inspection")
-    table = _md_rows(
-        ["output", *[c.name for c in first.checks]],
-        [[Path(item.path).name, *["pass" if c.passed else f"FAIL: {c.value}" for c in item.checks]]
-         for item in items[:MAX_TABLE_ROWS]],
-    )
     check = dg.AssetCheckResult(
         check_name=kind.check,
         passed=not bad,
@@ -279,7 +262,8 @@ def _materialize(context: dg.AssetExecutionContext, kind: _Kind, outcome: step.S
             "outputs": len(items), "passed_outputs": len(items) - len(outcome.broken),
             "failed_outputs": len(outcome.broken), "failed_prompts": len(failed),
             "validation_s": round(sum(item.timings_s.get("validation", 0.0) for item in items), 4),
-            "checks": dg.MetadataValue.md(table), "failures": dg.MetadataValue.json(bad[:MAX_TABLE_ROWS]),
+            "checks": dg.MetadataValue.md(outcome.checks_table(MAX_TABLE_ROWS)),
+            "failures": dg.MetadataValue.json(bad[:MAX_TABLE_ROWS]),
         },
         description="; ".join(bad)[:2000] if bad else f"{len(items)} output(s), every check passed",
     )
@@ -339,13 +323,13 @@ def _downstream_in_run(context: dg.AssetExecutionContext, kind: _Kind) -> bool:
 
 
 @contextlib.contextmanager
-def _permanent_failure(prefix: str) -> Iterator[None]:
-    """Bad run config: a Failure that says what is wrong, never retried."""
+def _permanent_failure(prefix: str = "") -> Iterator[None]:
+    """Bad run config or step input: a Failure that says what is wrong, never retried."""
     try:
         yield
     except PromptError as exc:
         raise dg.Failure(description=f"{prefix}{exc}", allow_retries=False) from None
-    except WorkflowError as exc:
+    except (WorkflowError, step.StepInputError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
@@ -356,37 +340,15 @@ def _video_sources(config: VideoConfig, images: GenerationManifest | None
         spec = PromptSpec(text=text, motion_prompt=text, negative_prompt=config.negative_prompt, seed=config.seed,
                           frames=config.frames, fps=config.fps)
         with _permanent_failure("Bad video config: "):
-            check_specs([spec])  # the values, then every image below: all checked before the server sees any
-        sources = []
-        for i, raw in enumerate(config.input_images):
-            image = Path(raw).expanduser()
-            try:
-                probe_image(image)
-            except MediaError as exc:
-                raise dg.Failure(
-                    description=f"input image cannot be used: {exc}. Give the path of a PNG, JPEG or WebP image.",
-                    allow_retries=False,
-                ) from None
-            sources.append(step.Source(i, spec, image))
-        return sources, {}
+            check_specs([spec])  # the values, then every image: all checked before the server sees any
+            return step.sources_from_files(spec, config.input_images), {}
     if images is None:
         raise dg.Failure(
             description="No input image: generated_image has never been materialized. Run image_to_video_job, "
-            "or give ops.ltx2_video.config.input_images in the run config.",
-            allow_retries=False,
+            "or give ops.ltx2_video.config.input_images in the run config.", allow_retries=False,
         )
-    usable = [item for item in images.items if item.passed]
-    if not usable:
-        run_id = images.source.run_id if images.source else "?"
-        raise dg.Failure(description=f"No usable input image: every image of generated_image (run {run_id}) "
-                         "failed its checks.", allow_retries=False)
-    sources = [step.Source(_index(item.job), item.spec, Path(item.path)) for item in usable]
-    return sources, {"generated_image": images.source}
-
-
-def _index(job: str) -> int:
-    """"prompt 3" -> 3."""
-    return int(job.rsplit(" ", 1)[-1])
+    with _permanent_failure():
+        return step.sources_from_images(images), {"generated_image": images.source}
 
 
 def _report_inputs(manifests: dict[str, dict | None]) -> dict[str, GenerationManifest]:
@@ -416,13 +378,3 @@ def _table(frame) -> dg.MetadataValue:
     ]
     schema = dg.TableSchema(columns=[dg.TableColumn(c, types.get(c, "string")) for c in columns])
     return dg.MetadataValue.table(records=records, schema=schema)
-
-
-def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_rows(header: list[str], rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
