@@ -1,1 +1,2 @@
-"""Running a batch of prompts on ComfyUI and checking what comes back (no Dagster): runner, inspection, report, output folder."""
+"""Running a batch of prompts on ComfyUI and checking what comes back (no Dagster): the GPU step (step), the
+batch runner, inspection, the records that cross layers (records), the report, the output folder."""

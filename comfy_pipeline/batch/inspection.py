@@ -14,8 +14,16 @@ from typing import Any
 from comfy_pipeline.batch.records import CheckResult, OutputItem, ServerInfo
 from comfy_pipeline.batch.runner import JobResult
 from comfy_pipeline.media import (
-    ImageThresholds, MediaError, VideoThresholds, check_image, check_video, image_preview_markdown, probe_image,
-    probe_video, sha256_file, video_preview_markdown,
+    ImageThresholds,
+    MediaError,
+    VideoThresholds,
+    check_image,
+    check_video,
+    image_preview_markdown,
+    probe_image,
+    probe_video,
+    sha256_file,
+    video_preview_markdown,
 )
 from comfy_pipeline.workflows.prompts import PromptSpec
 from comfy_pipeline.workflows.workflow import Workflow

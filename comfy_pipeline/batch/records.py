@@ -65,6 +65,17 @@ class ServerInfo:
             connection_s=round(connection_s, 4),
         )
 
+    @property
+    def simulated(self) -> bool:
+        return self.backend == SIMULATOR
+
+    def announcement(self) -> str:
+        """What a run says once about where it runs: a simulator's pictures must not pass for model output."""
+        if self.simulated:
+            return (f"backend: simulator -- the ComfyUI at {self.url} is the offline simulator: its pictures are "
+                    "placeholders, not model output. Set COMFYUI_URL to a real GPU server for real ones.")
+        return f"ComfyUI {self.comfyui_version} at {self.url} on {self.gpu}"
+
     def to_json(self) -> dict[str, Any]:
         return {"backend": self.backend, "url": self.url, "servers": list(self.servers),
                 "comfyui_version": self.comfyui_version, "gpu": self.gpu, "vram_total_gb": self.vram_total_gb,

@@ -1,13 +1,13 @@
 """The validation report: one row per output and check, as a pandas DataFrame written to JSON and CSV.
 No Dagster here: it is built from the manifests (batch.records) of the run's assets."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comfy_pipeline.batch import outputs
-from comfy_pipeline.batch.records import GenerationManifest
+from comfy_pipeline.batch.records import FailedPrompt, GenerationManifest
 
 COLUMNS = ["prompt", "asset", "check", "passed", "value", "expected", "path", "server", "message"]
 
@@ -23,6 +23,14 @@ class Report:
     @property
     def failed(self):
         return self.frame[~self.frame["passed"]]
+
+    def failure(self, failed_prompts: Sequence[FailedPrompt], max_lines: int = 50) -> str:
+        """Why the run fails: each failed prompt (type, message, node) and each failed output check."""
+        bad_outputs = self.failed[self.failed["check"] != "produced"]
+        lines = [f.line() for f in failed_prompts]
+        lines += [f"{row.path}: check {row.check} failed: {row.message}" for row in bad_outputs.itertuples()]
+        return (f"{len(failed_prompts)} prompt(s) failed and {len(bad_outputs)} output check(s) failed; everything "
+                f"good was made and reported in {self.json_path}:\n" + "\n".join(lines[:max_lines]))
 
 
 def write_report(folder: Path, run_id: str, produced: Mapping[str, GenerationManifest]) -> Report:

@@ -24,7 +24,12 @@ import dagster as dg
 
 from comfy_pipeline.batch import outputs, step
 from comfy_pipeline.batch.records import (
-    FailedPrompt, GenerationManifest, Lineage, PromptManifest, ReportManifest, ServerInfo, error_facts,
+    GenerationManifest,
+    Lineage,
+    PromptManifest,
+    ReportManifest,
+    ServerInfo,
+    error_facts,
 )
 from comfy_pipeline.batch.report import write_report
 from comfy_pipeline.batch.runner import BatchInterrupted
@@ -171,15 +176,8 @@ def validation_report(
         )],
     )
     if not failed.empty:
-        bad_outputs = failed[failed["check"] != "produced"]
-        lines = [f.line() for f in failed_prompts]
-        lines += [f"{row.path}: check {row.check} failed: {row.message}" for row in bad_outputs.itertuples()]
-        raise dg.Failure(
-            description=f"{len(failed_prompts)} prompt(s) failed and {len(bad_outputs)} output check(s) failed; "
-            f"everything good was made and reported in {report.json_path}:\n" + "\n".join(lines[:50]),
-            metadata={"failed": len(failed), "failed_prompts": len(failed_prompts)},
-            allow_retries=False,
-        )
+        raise dg.Failure(description=report.failure(failed_prompts), allow_retries=False,
+                         metadata={"failed": len(failed), "failed_prompts": len(failed_prompts)})
 
 
 # --- from the step's outcome to Dagster ------------------------------------------------------------------
@@ -294,13 +292,7 @@ def _announce(context: dg.AssetExecutionContext, server: ServerInfo) -> None:
     if run is not None and run.tags.get(BACKEND_TAG) == server.backend:
         return
     context.instance.add_run_tags(context.run_id, {BACKEND_TAG: server.backend})
-    if server.backend == "simulator":
-        context.log.warning(
-            f"backend: simulator -- the ComfyUI at {server.url} is the offline simulator: its pictures are "
-            "placeholders, not model output. Set COMFYUI_URL to a real GPU server for real ones."
-        )
-    else:
-        context.log.info(f"ComfyUI {server.comfyui_version} at {server.url} on {server.gpu}")
+    (context.log.warning if server.simulated else context.log.info)(server.announcement())
 
 
 def run_has_ended(instance: dg.DagsterInstance, run_id: str) -> bool:

@@ -3,7 +3,14 @@
 import json
 
 from comfy_pipeline.batch.records import (
-    CheckResult, FailedPrompt, GenerationManifest, Lineage, OutputItem, PromptManifest, ReportManifest, ServerInfo,
+    CheckResult,
+    FailedPrompt,
+    GenerationManifest,
+    Lineage,
+    OutputItem,
+    PromptManifest,
+    ReportManifest,
+    ServerInfo,
 )
 from comfy_pipeline.batch.report import write_report
 from comfy_pipeline.workflows.prompts import PromptSpec
@@ -25,8 +32,8 @@ OLD_IMAGE_MANIFEST = {
     }],
     "failed": [{
         "job": "prompt 1", "prompt": "a blue fox", "spec": {**SPEC, "text": "a blue fox"}, "prompt_id": "p-1",
-        "error": "ComfyUI prompt p-1 failed in node 57:3 (KSampler): RuntimeError: boom", "error_type": "ExecutionError",
-        "comfyui_node": "57:3 (KSampler)",
+        "error": "ComfyUI prompt p-1 failed in node 57:3 (KSampler): RuntimeError: boom",
+        "error_type": "ExecutionError", "comfyui_node": "57:3 (KSampler)",
     }],
     "backend": "simulator", "comfyui_url": "http://127.0.0.1:8188", "workflow": "z_image_turbo",
     "workflow_sha256": "ab" * 32, "timings_s": {"connection": 0.01, "execution": 1.0},

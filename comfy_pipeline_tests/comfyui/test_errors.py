@@ -4,8 +4,19 @@ import pytest
 
 from comfy_pipeline.comfyui import answers
 from comfy_pipeline.comfyui.errors import (
-    AuthenticationError, ComfyUIError, DownloadError, ExecutionError, NoServerConfigured, PromptInterrupted,
-    PromptLost, PromptTimeout, ProtocolError, ServerError, ServerUnreachable, WorkflowValidationError, is_transient,
+    AuthenticationError,
+    ComfyUIError,
+    DownloadError,
+    ExecutionError,
+    NoServerConfigured,
+    PromptInterrupted,
+    PromptLost,
+    PromptTimeout,
+    ProtocolError,
+    ServerError,
+    ServerUnreachable,
+    WorkflowValidationError,
+    is_transient,
 )
 
 

@@ -17,7 +17,7 @@ def _no_traceback(text: str) -> bool:
     return not any(mark in text for mark in TRACEBACK_MARKS)
 
 
-def test_a_failed_prompt_reads_as_type_message_and_node_and_its_traceback_is_only_in_the_items_json(simulator, tmp_path):
+def test_a_failed_prompt_reads_as_type_message_and_node_with_its_traceback_only_in_the_items_json(simulator, tmp_path):
     simulator.set_fault("execution-error", count=1)  # the first prompt to run meets a node error
     prompts = [{"text": "the unlucky one", **SMALL}, {"text": "the lucky one", **SMALL, "seed": 9}]
     with dg.instance_for_test() as instance:
