@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from comfy_pipeline import settings
 from comfy_pipeline.batch import inbox, ledger, outputs
 from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.comfyui.redaction import scrub
@@ -85,7 +86,7 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
         handled = json.loads(context.cursor) if context.cursor else {}
     except ValueError:
         handled = {}
-    settle = float(os.environ.get("COMFY_PIPELINE_INBOX_SETTLE_S", inbox.SETTLE_S))
+    settle = settings.inbox_settle_s(inbox.SETTLE_S)
     found = inbox.scan(folder, handled if isinstance(handled, dict) else {}, settle=settle)
     requests, problems = [], []
     for path in found.ready:
@@ -118,7 +119,7 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
     "<output folder>/failures.jsonl, and cancels any prompt the run left on the ComfyUI server.",
 )
 def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResource):
-    secrets = [comfy.token, comfy.password]
+    secrets = comfy.secrets
     _cancel_prompts_left_behind(context, comfy)
     steps = []
     for event in context.get_step_failure_events():
@@ -154,7 +155,7 @@ def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: Comf
                                               only_run=run_id)
             except Exception as exc:  # the next batch against that server sweeps again
                 context.log.warning(f"could not cancel the prompts run {run_id} left on {client.url}: "
-                                    f"{scrub(str(exc), [comfy.token, comfy.password])}")
+                                    f"{scrub(str(exc), comfy.secrets)}")
                 continue
             if found:
                 context.log.warning(f"cancelled {len(found)} prompt(s) that failed run {run_id} left on {client.url}")
