@@ -146,7 +146,13 @@ def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: Comf
     running on the server: cancel them (batch.ledger). Only for a configured server: the embedded simulator
     died with the run."""
     run_id = context.dagster_run.run_id
-    if comfy.configured_urls() in ([], ["simulator"]) or not ledger.has_record(comfy.output_path, run_id):
+    if not ledger.has_record(comfy.output_path, run_id):
+        return
+    try:
+        if comfy.configured_urls() in ([], ["simulator"]):
+            return
+    except settings.SettingError as exc:  # e.g. a corrupt session state file: the run's own failure names it
+        context.log.warning(f"could not cancel the prompts run {run_id} left behind: {exc}")
         return
     try:
         for client in comfy.get_clients():
