@@ -4,8 +4,13 @@ import dagster as dg
 
 from comfy_pipeline.defs.assets import generated_image, ltx2_video, prompt, validation_report
 from comfy_pipeline.defs.io_manager import ManifestIOManager
+from comfy_pipeline.defs.jobs import (
+    comfyui_connection_job,
+    image_generation_job,
+    image_to_video_job,
+    video_generation_job,
+)
 from comfy_pipeline.defs.loggers import progress_logger
-from comfy_pipeline.defs.jobs import comfyui_connection_job, image_generation_job, image_to_video_job, video_generation_job
 from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds
 from comfy_pipeline.defs.schedules import daily_image_to_video_schedule
 from comfy_pipeline.defs.sensors import failure_log_sensor, prompt_inbox_sensor

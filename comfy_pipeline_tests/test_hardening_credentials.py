@@ -77,7 +77,8 @@ def test_a_credential_in_run_config_is_refused_before_a_run_exists_and_nothing_i
 
 
 def test_a_url_with_a_password_in_run_config_is_refused_and_never_reaches_a_server_or_the_logs(instance, tmp_path):
-    config = {"resources": {"comfy": {"config": {"url": f"http://bob:{TOKEN}@127.0.0.1:9", "output_dir": str(tmp_path)}}}}
+    comfy = {"url": f"http://bob:{TOKEN}@127.0.0.1:9", "output_dir": str(tmp_path)}
+    config = {"resources": {"comfy": {"config": comfy}}}
     result = defs.resolve_job_def("image_generation_job").execute_in_process(
         run_config=config, instance=instance, raise_on_error=False)
     assert not result.success

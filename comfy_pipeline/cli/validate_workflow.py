@@ -3,7 +3,8 @@
 Checks a workflow against a ComfyUI server's /object_info (the first server comfy_pipeline/settings.py chooses:
 --comfyui-url, COMFYUI_URLS, COMFYUI_URL, a running `comfy-pipeline server` session; credentials from
 $COMFYUI_TOKEN or $COMFYUI_USERNAME / $COMFYUI_PASSWORD), or offline against the bundled schema (no server
-configured, or `simulator`). Exit 0: it would run; 1: it would not; 2: the workflow cannot be loaded or the server not reached.
+configured, or `simulator`). Exit 0: it would run; 1: it would not; 2: the workflow cannot be loaded or the
+server not reached.
 """
 
 import argparse
@@ -15,7 +16,6 @@ from comfy_pipeline.comfyui.errors import ComfyUIError
 from comfy_pipeline.comfyui.schema import load_bundled_object_info
 from comfy_pipeline.workflows.preflight import preflight
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
-
 
 OFFLINE_SOURCE = "the bundled schema (ComfyUI 0.33.0 with the official models installed)"
 
@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("workflow", metavar="NAME_OR_PATH",
                         help="a workflow in the workflows folder: its name (z_image_turbo_generation) or path")
     parser.add_argument("--comfyui-url", default=None,
-                        help="server to check against (default: the first of $COMFYUI_URLS, else $COMFYUI_URL, else a running "
-                        "session; without one: the bundled schema)")
+                        help="server to check against (default: the first of $COMFYUI_URLS, else $COMFYUI_URL, else "
+                        "a running session; without one: the bundled schema)")
     parser.add_argument("--offline", action="store_true",
                         help="check against the bundled schema even if a server is configured")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -37,17 +37,48 @@ class ComfyUIResource(dg.ConfigurableResource):
     (COMFYUI_TOKEN, or COMFYUI_USERNAME and COMFYUI_PASSWORD).
     """
 
-    url: str | None = Field(default=None, description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL); `simulator` for the embedded simulator.")
-    urls: list[str] | None = Field(default=None, description="Several ComfyUI servers sharing the work (env COMFYUI_URLS, comma-separated); wins over `url`.")
+    url: str | None = Field(
+        default=None,
+        description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL); `simulator` for the embedded "
+                    "simulator.",
+    )
+    urls: list[str] | None = Field(
+        default=None,
+        description="Several ComfyUI servers sharing the work (env COMFYUI_URLS, comma-separated); wins over `url`.",
+    )
     connect_timeout: float = Field(default=5.0, description="Seconds to wait for a TCP connection.")
     request_timeout: float = Field(default=30.0, description="Seconds to wait for an HTTP answer.")
-    prompt_timeout: float = Field(default=900.0, gt=0, description="Seconds one prompt may run on the server, counted from the moment it starts executing; past it the prompt is cancelled.")
-    queue_timeout: float = Field(default=3600.0, gt=0, description="Seconds one prompt may wait in the server's queue (behind other work) before it starts; past it the prompt is cancelled.")
-    max_in_flight: int = Field(default=4, ge=1, description="Prompts queued on each server at once, so its GPU never waits for us.")
-    server_down_timeout: float = Field(default=60.0, gt=0, description="Seconds a server that stopped answering is waited for before its prompts fail.")
-    max_download_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest output file accepted; a bigger one is refused before anything is written.")
-    output_dir: str | None = Field(default=None, description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).")
-    client_id: str | None = Field(default=None, description="Advanced: the WebSocket client id (default: a new one per run). `comfy-pipeline check` sets it to the id it queued a test's prompts under ahead of the run, so that their progress reaches the run.")
+    prompt_timeout: float = Field(
+        default=900.0, gt=0,
+        description="Seconds one prompt may run on the server, counted from the moment it starts executing; "
+                    "past it the prompt is cancelled.",
+    )
+    queue_timeout: float = Field(
+        default=3600.0, gt=0,
+        description="Seconds one prompt may wait in the server's queue (behind other work) before it starts; "
+                    "past it the prompt is cancelled.",
+    )
+    max_in_flight: int = Field(
+        default=4, ge=1,
+        description="Prompts queued on each server at once, so its GPU never waits for us.",
+    )
+    server_down_timeout: float = Field(
+        default=60.0, gt=0,
+        description="Seconds a server that stopped answering is waited for before its prompts fail.",
+    )
+    max_download_bytes: int = Field(
+        default=2 * 1024**3, ge=1,
+        description="Largest output file accepted; a bigger one is refused before anything is written.",
+    )
+    output_dir: str | None = Field(
+        default=None,
+        description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).",
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="Advanced: the WebSocket client id (default: a new one per run). `comfy-pipeline check` sets it to "
+                    "the id it queued a test's prompts under ahead of the run, so that their progress reaches the run.",
+    )
     simulator_image_seconds: float = Field(default=0.2, description="Simulated GPU time per image (simulator only).")
     simulator_video_seconds: float = Field(default=1.0, description="Simulated GPU time per video (simulator only).")
 
@@ -110,7 +141,9 @@ class ComfyUIResource(dg.ConfigurableResource):
             if not urls and (self._deployment or settings.require_server()):
                 raise NoServerConfigured()
             if not urls or urls == [SIMULATOR]:
-                from comfy_pipeline.simulator import Simulator  # only needed for the embedded simulator
+                from comfy_pipeline.simulator import (
+                    Simulator,  # only needed for the embedded simulator
+                )
 
                 self._simulator = Simulator(
                     image_seconds=self.simulator_image_seconds, video_seconds=self.simulator_video_seconds

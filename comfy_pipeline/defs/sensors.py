@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -10,12 +9,12 @@ import dagster as dg
 
 from comfy_pipeline import settings
 from comfy_pipeline.batch import inbox, ledger, outputs
-from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.comfyui.redaction import scrub
+from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.defs.jobs import image_to_video_job, video_generation_job
+from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.media import MediaError, probe_image
 from comfy_pipeline.workflows.prompts import PromptError, check_specs, read_prompt_file
-from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.workflows.workflow import WorkflowError
 
 FAILURES_LOG = "failures.jsonl"
