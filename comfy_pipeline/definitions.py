@@ -1,29 +1,23 @@
 """The Dagster code location: `dagster dev -w workspace.yaml`, `dagster job execute -m comfy_pipeline ...`."""
 
-import os
-
 import dagster as dg
 
 from comfy_pipeline.defs.assets import generated_image, ltx2_video, prompt, validation_report
 from comfy_pipeline.defs.io_manager import ManifestIOManager
+from comfy_pipeline.defs.jobs import (
+    comfyui_connection_job,
+    image_generation_job,
+    image_to_video_job,
+    video_generation_job,
+)
 from comfy_pipeline.defs.loggers import progress_logger
-from comfy_pipeline.defs.jobs import comfyui_connection_job, image_generation_job, image_to_video_job, video_generation_job
 from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds
 from comfy_pipeline.defs.schedules import daily_image_to_video_schedule
 from comfy_pipeline.defs.sensors import failure_log_sensor, prompt_inbox_sensor
 
-
-def _env(name: str, default: str | None = None):
-    # EnvVar keeps the value out of the stored run config (secrets!); it is only usable when the variable is set.
-    return dg.EnvVar(name) if os.environ.get(name) else default
-
-
-comfy = ComfyUIResource(
-    url=_env("COMFYUI_URL"),
-    token=_env("COMFYUI_TOKEN"),
-    username=_env("COMFYUI_USERNAME"),
-    password=_env("COMFYUI_PASSWORD"),
-)
+# Server and credentials come from the environment when a run uses them (comfy_pipeline/settings.py), so the
+# definitions hold none of them: nothing secret can reach a stored run config from here.
+comfy = ComfyUIResource()
 
 defs = dg.Definitions(
     assets=[prompt, generated_image, ltx2_video, validation_report],

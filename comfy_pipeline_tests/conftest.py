@@ -16,7 +16,8 @@ from comfy_pipeline.media.binaries import ffmpeg_path
 from comfy_pipeline.simulator import Simulator
 
 # GPU steps retry transient server faults with a backoff of 10 s and more in production; in tests one quick
-# retry proves the same behaviour (set before the definitions load: the RetryPolicy is built then).
+# retry proves the same behaviour. Read when a step fails (comfy_pipeline/settings.py); set here for the whole
+# session so that the Dagster processes the tests start inherit them too.
 os.environ.setdefault("COMFY_PIPELINE_STEP_RETRIES", "1")
 os.environ.setdefault("COMFY_PIPELINE_RETRY_DELAY_S", "0.2")
 # Inbox files written by a test are complete at once; the settle period has tests of its own.

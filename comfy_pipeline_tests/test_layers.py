@@ -1,5 +1,6 @@
-"""The three layers stay apart: no core module imports Dagster (read from each module's import statements), and
-importing the whole core leaves Dagster unloaded."""
+"""The three layers stay apart, each checked on its own (read from each module's import statements): the core
+imports neither Dagster nor the Dagster layer (defs/, definitions.py) nor the command line (cli/); the Dagster
+layer imports nothing from cli/. Importing the whole core leaves Dagster unloaded."""
 
 import ast
 import subprocess
@@ -10,11 +11,18 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "comfy_pipeline"
 CORE = ("comfyui", "simulator", "media", "workflows", "batch", "data")
-DAGSTER_LAYER = ("defs", "cli", "definitions.py", "__init__.py")
+CORE_TOP_LEVEL = ("settings.py",)  # core modules at the package's top
+DAGSTER_LAYER = ("defs", "definitions.py")
+COMMAND_LINE = ("cli",)
+
+
+def modules(names: tuple[str, ...]) -> list[Path]:
+    return sorted(p for name in names for p in ((PACKAGE / name).rglob("*.py") if (PACKAGE / name).is_dir()
+                                                 else [PACKAGE / name]))
 
 
 def core_modules() -> list[Path]:
-    return sorted(p for name in CORE for p in (PACKAGE / name).rglob("*.py"))
+    return modules(CORE + CORE_TOP_LEVEL)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -32,25 +40,40 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
-def is_dagster_side(module: str) -> bool:
+def is_dagster(module: str) -> bool:
     top = module.split(".")[0]
-    if top == "dagster" or top.startswith("dagster_"):
-        return True
+    return top == "dagster" or top.startswith("dagster_")
+
+
+def is_in(module: str, layers: tuple[str, ...]) -> bool:
+    """`module` is (in) one of the comfy_pipeline packages or top-level modules named in `layers`."""
     parts = module.split(".")
-    return parts[0] == "comfy_pipeline" and len(parts) > 1 and parts[1] in ("defs", "cli", "definitions")
+    return parts[0] == "comfy_pipeline" and len(parts) > 1 and parts[1] in {n.removesuffix(".py") for n in layers}
+
+
+def is_dagster_side(module: str) -> bool:
+    """What the core must not import: Dagster, the Dagster layer or the command line."""
+    return is_dagster(module) or is_in(module, DAGSTER_LAYER + COMMAND_LINE)
 
 
 def test_every_package_of_the_layout_exists():
-    for name in (*CORE, *DAGSTER_LAYER):
+    for name in (*CORE, *CORE_TOP_LEVEL, *DAGSTER_LAYER, *COMMAND_LINE):
         assert (PACKAGE / name).exists(), name
     top_level = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert top_level == ["__init__.py", "definitions.py"], "modules belong in a layer's package, not at the top"
+    assert top_level == ["__init__.py", "definitions.py", "settings.py"], \
+        "modules belong in a layer's package, not at the top"
 
 
 @pytest.mark.parametrize("path", core_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_core_module_imports_no_dagster(path):
     bad = sorted(m for m in imported_modules(path) if is_dagster_side(m))
     assert not bad, f"{path.relative_to(PACKAGE)} is core and must not import {bad}"
+
+
+@pytest.mark.parametrize("path", modules(DAGSTER_LAYER), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_dagster_layer_module_imports_nothing_from_the_command_line(path):
+    bad = sorted(m for m in imported_modules(path) if is_in(m, COMMAND_LINE))
+    assert not bad, f"{path.relative_to(PACKAGE)} is in the Dagster layer and must not import {bad}"
 
 
 def test_the_import_reader_sees_nested_and_dynamic_imports(tmp_path):
@@ -65,6 +88,10 @@ def test_the_import_reader_sees_nested_and_dynamic_imports(tmp_path):
     assert {m for m in imported_modules(sample) if is_dagster_side(m)} == {
         "dagster", "comfy_pipeline.defs", "comfy_pipeline.defs.resources", "dagster_postgres",
     }
+    sample.write_text("def f():\n    from comfy_pipeline.cli.check import run\nimport comfy_pipeline.settings\n")
+    assert {m for m in imported_modules(sample) if is_in(m, COMMAND_LINE)} == {
+        "comfy_pipeline.cli.check", "comfy_pipeline.cli.check.run",
+    }
 
 
 def test_importing_the_whole_core_loads_no_dagster():
@@ -75,7 +102,8 @@ def test_importing_the_whole_core_loads_no_dagster():
     code = (
         "import importlib, sys\n"
         f"for name in {names!r}: importlib.import_module(name)\n"
-        "print(sorted(m for m in sys.modules if m == 'dagster' or m.startswith(('dagster.', 'dagster_', 'comfy_pipeline.defs', 'comfy_pipeline.cli'))))\n"
+        "print(sorted(m for m in sys.modules if m == 'dagster'\n"
+        "             or m.startswith(('dagster.', 'dagster_', 'comfy_pipeline.defs', 'comfy_pipeline.cli'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout

@@ -119,8 +119,9 @@ def test_circuit_breaker_opens_after_three_failures_and_resets(instance, comfy, 
     assert len(evaluate_sensor(instance, comfy).run_requests) == 1
 
 
-def test_failure_sensor_logs_job_run_and_error_without_secrets(instance, tmp_path):
-    comfy = ComfyUIResource(url="http://127.0.0.1:9", output_dir=str(tmp_path / "out"), token="canary-token-123")
+def test_failure_sensor_logs_job_run_and_error_without_secrets(instance, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMFYUI_TOKEN", "canary-token-123")  # credentials come from the environment only
+    comfy = ComfyUIResource(url="http://127.0.0.1:9", output_dir=str(tmp_path / "out"))
     (run_id,) = fail_runs(instance, 1, tmp_path)
     run = instance.get_run_by_id(run_id)
     failure_event = next(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 from dagster._serdes import serialize_value
 
 from comfy_pipeline.defs.resources import ComfyUIResource
@@ -83,11 +84,13 @@ def test_credentials_appear_in_no_log_event_report_or_error(tmp_path):
         # The failure log, written by the run failure sensor as the daemon would, with the same credentials.
         for run in failed:
             event = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records[0]
-            comfy = ComfyUIResource(url=down, username=USER, password=PASSWORD, output_dir=str(out))
-            with dg.build_run_status_sensor_context(
+            comfy = ComfyUIResource(url=down, output_dir=str(out))
+            with pytest.MonkeyPatch.context() as patch, dg.build_run_status_sensor_context(
                 sensor_name="failure_log_sensor", dagster_instance=instance, dagster_run=run,
                 dagster_event=event.event_log_entry.dagster_event, resources={"comfy": comfy},
             ) as context:
+                patch.setenv("COMFYUI_USERNAME", USER)  # credentials come from the environment only
+                patch.setenv("COMFYUI_PASSWORD", PASSWORD)
                 failure_log_sensor(context.for_run_failure())
     failures = (out / "failures.jsonl").read_text().splitlines()
     assert len(failures) == 2 and any("HTTP 401" in line for line in failures)

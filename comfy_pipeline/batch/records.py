@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from comfy_pipeline.settings import SIMULATOR  # the backend is named as run config names it
 from comfy_pipeline.workflows.prompts import PromptSpec
 
-SIMULATOR = "simulator"
 COMFYUI = "comfyui"
 FACT_KEYS = ("width", "height", "format", "duration_s", "fps", "frame_count", "codec", "container")
 

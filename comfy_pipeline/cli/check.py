@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from comfy_pipeline import settings
 from comfy_pipeline.batch import ledger, outputs
 from comfy_pipeline.batch.records import GenerationManifest, OutputItem, ServerInfo
 from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, sigterm_as_keyboard_interrupt, tagged_stderr
@@ -40,7 +41,7 @@ from comfy_pipeline.workflows.prompts import (
     IMAGE_WORKFLOW, MAX_PROMPT_FILE_BYTES, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, check_text,
     library_specs, load_json_bounded, specs_from_seed_prompts,
 )
-from comfy_pipeline.cli.session import SessionError, current_session
+from comfy_pipeline.comfyui.session import SessionError
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
 TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")
@@ -99,9 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--test-type", choices=TEST_TYPES, default="all")
-    p.add_argument("--comfyui-url", default=os.environ.get("COMFYUI_URL"),
-                   help="ComfyUI server (env COMFYUI_URL). Unset: a running `comfy-pipeline server` session, "
-                   "else the embedded simulator")
+    p.add_argument("--comfyui-url",
+                   help="ComfyUI server; wins over COMFYUI_URLS and COMFYUI_URL. Unset: the first of COMFYUI_URLS, "
+                   "else COMFYUI_URL, else a running `comfy-pipeline server` session, else the embedded simulator")
     # A string default goes through type=float too: a bad TEST_TIMEOUT is a usage error, not silently ignored.
     p.add_argument("--timeout", type=float, default=os.environ.get("TEST_TIMEOUT", "900"),
                    help="seconds one prompt may take on the server (env TEST_TIMEOUT; default 900)")
@@ -143,10 +144,10 @@ def chosen_workflows(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    secrets = [os.environ.get("COMFYUI_TOKEN"), os.environ.get("COMFYUI_PASSWORD")]
+    secrets = settings.credentials().secrets
     try:
         return _run(args)
-    except (UsageError, PromptError, WorkflowError, CheckpointError, SessionError) as exc:
+    except (UsageError, PromptError, WorkflowError, CheckpointError, SessionError, settings.SettingError) as exc:
         _error(scrub(str(exc), secrets), args)
         return 2
     except Exception as exc:  # one clear line unless --verbose; the runs themselves are in the Dagster log
@@ -490,19 +491,26 @@ def _require_image(path: Path) -> None:
 
 @contextlib.contextmanager
 def _server(args: argparse.Namespace):
-    if args.comfyui_url:
-        yield args.comfyui_url, None
-        return
-    session = current_session()
-    if session is not None:
-        yield session.url, f"using the running ComfyUI session at {session.url} (comfy-pipeline server status)"
+    """The one server the check tests, as settings.choose_servers picks it; its runs get it as their run config
+    URL, which wins over the environment there too, so every prompt of the check goes to it."""
+    choice = settings.choose_servers(flag=args.comfyui_url)
+    if not choice.simulator:
+        url = args.comfyui_url = choice.urls[0]  # the report names it
+        note = None
+        if choice.source == "session":
+            note = f"using the running ComfyUI session at {url} (comfy-pipeline server status)"
+        elif len(choice.urls) > 1:
+            note = f"checking the first of the {len(choice.urls)} servers in {choice.source}: {redact_url(url)}"
+        yield url, note
         return
     from comfy_pipeline.simulator import Simulator
 
+    why = ("No --comfyui-url / COMFYUI_URLS / COMFYUI_URL and no running session" if choice.by_default
+           else f"{choice.source} chose `simulator`")
     with Simulator() as sim:
         yield sim.url, (
-            "*** No --comfyui-url / COMFYUI_URL and no running session: checking the EMBEDDED SIMULATOR at "
-            f"{sim.url}. Its pictures are placeholders; nothing here says anything about a GPU server. ***"
+            f"*** {why}: checking the EMBEDDED SIMULATOR at {sim.url}. Its pictures are placeholders; nothing "
+            "here says anything about a GPU server. ***"
         )
 
 
@@ -552,8 +560,7 @@ def preflight_on_server(client: ComfyUIClient, tests: list[Test], args: argparse
 
 def _client(url: str, *, read_timeout: float) -> ComfyUIClient:
     """A client for the check's own calls, with the credentials from the environment."""
-    return ComfyUIClient(url, token=os.environ.get("COMFYUI_TOKEN"), username=os.environ.get("COMFYUI_USERNAME"),
-                         password=os.environ.get("COMFYUI_PASSWORD"), connect_timeout=5.0, read_timeout=read_timeout)
+    return settings.make_client(url, connect_timeout=5.0, read_timeout=read_timeout)
 
 
 def _require_reachable(url: str) -> None:

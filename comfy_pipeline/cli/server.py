@@ -9,8 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from comfy_pipeline.cli import session as sessions
-from comfy_pipeline.cli.session import Session, SessionConflict, SessionError, SessionStartError, StateFileError
+from comfy_pipeline.comfyui import session as sessions
+from comfy_pipeline.comfyui.session import Session, SessionConflict, SessionError, SessionStartError, StateFileError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,21 +1,21 @@
 """`comfy-pipeline validate-workflow NAME_OR_PATH [--comfyui-url URL] [--json]`
 
-Checks a workflow against a ComfyUI server's /object_info (URL from --comfyui-url or $COMFYUI_URL;
-credentials from $COMFYUI_TOKEN or $COMFYUI_USERNAME / $COMFYUI_PASSWORD), or offline against the bundled
-schema. Exit 0: it would run; 1: it would not; 2: the workflow cannot be loaded or the server not reached.
+Checks a workflow against a ComfyUI server's /object_info (the first server comfy_pipeline/settings.py chooses:
+--comfyui-url, COMFYUI_URLS, COMFYUI_URL, a running `comfy-pipeline server` session; credentials from
+$COMFYUI_TOKEN or $COMFYUI_USERNAME / $COMFYUI_PASSWORD), or offline against the bundled schema (no server
+configured, or `simulator`). Exit 0: it would run; 1: it would not; 2: the workflow cannot be loaded or the
+server not reached.
 """
 
 import argparse
 import json
-import os
 import sys
 
-from comfy_pipeline.comfyui.client import ComfyUIClient
+from comfy_pipeline import settings
 from comfy_pipeline.comfyui.errors import ComfyUIError
 from comfy_pipeline.comfyui.schema import load_bundled_object_info
 from comfy_pipeline.workflows.preflight import preflight
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
-
 
 OFFLINE_SOURCE = "the bundled schema (ComfyUI 0.33.0 with the official models installed)"
 
@@ -30,9 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("workflow", metavar="NAME_OR_PATH",
                         help="a workflow in the workflows folder: its name (z_image_turbo_generation) or path")
     parser.add_argument("--comfyui-url", default=None,
-                        help="server to check against (default: $COMFYUI_URL; without one: the bundled schema)")
+                        help="server to check against (default: the first of $COMFYUI_URLS, else $COMFYUI_URL, else "
+                        "a running session; without one: the bundled schema)")
     parser.add_argument("--offline", action="store_true",
-                        help="check against the bundled schema even if $COMFYUI_URL is set")
+                        help="check against the bundled schema even if a server is configured")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -50,20 +51,16 @@ def run(args: argparse.Namespace) -> int:
     except (WorkflowError, OSError) as exc:
         return _fail(args, str(exc))
 
-    url = None if args.offline else (args.comfyui_url or os.environ.get("COMFYUI_URL") or None)
+    try:
+        choice = None if args.offline else settings.choose_servers(flag=args.comfyui_url)
+    except settings.SettingError as exc:
+        return _fail(args, str(exc))
     version = None
-    if url is None:
+    if choice is None or choice.simulator:
         object_info, source = load_bundled_object_info(), OFFLINE_SOURCE
     else:
         try:
-            with ComfyUIClient(
-                url,
-                token=os.environ.get("COMFYUI_TOKEN") or None,
-                username=os.environ.get("COMFYUI_USERNAME") or None,
-                password=os.environ.get("COMFYUI_PASSWORD") or None,
-                connect_timeout=5.0,
-                read_timeout=30.0,
-            ) as client:
+            with settings.make_client(choice.urls[0], connect_timeout=5.0, read_timeout=30.0) as client:
                 object_info, source = client.object_info(), client.url
                 version = client.version()
         except (ComfyUIError, ValueError) as exc:

@@ -13,7 +13,6 @@ each failed prompt and its ComfyUI node.
 """
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, NoReturn
 
 import dagster as dg
 
+from comfy_pipeline import settings
 from comfy_pipeline.batch import outputs, step
 from comfy_pipeline.batch.records import (
     GenerationManifest,
@@ -48,13 +48,11 @@ BACKEND_TAG = "comfy_pipeline/backend"
 # Transient server faults (errors.is_transient: unreachable, restarted, 5xx) are retried with this policy's
 # backoff; bad input never is. It is applied by the assets themselves (dg.RetryRequested), not as the assets'
 # retry_policy: Dagster would apply that one to a terminated run too and start the step again. The environment
-# tunes it for a deployment.
-GPU_RETRY_POLICY = dg.RetryPolicy(
-    max_retries=int(os.environ.get("COMFY_PIPELINE_STEP_RETRIES", "3")),
-    delay=float(os.environ.get("COMFY_PIPELINE_RETRY_DELAY_S", "10")),
-    backoff=dg.Backoff.EXPONENTIAL,
-    jitter=dg.Jitter.PLUS_MINUS,
-)
+# tunes it for a deployment, read when a step fails (settings.gpu_retry_settings), not at import.
+def gpu_retry_policy() -> dg.RetryPolicy:
+    chosen = settings.gpu_retry_settings()
+    return dg.RetryPolicy(max_retries=chosen.max_retries, delay=chosen.delay_s, backoff=dg.Backoff.EXPONENTIAL,
+                          jitter=dg.Jitter.PLUS_MINUS)
 
 
 @dg.asset(
@@ -273,11 +271,12 @@ def _fail(context: dg.AssetExecutionContext, description: str, metadata: dict[st
     """Fail the step; for a transient server fault, first ask Dagster to run the step again after the retry
     policy's backoff, as long as retries are left."""
     failure = dg.Failure(description=description, metadata=metadata, allow_retries=False)
-    if transient and context.retry_number < GPU_RETRY_POLICY.max_retries:
-        wait = GPU_RETRY_POLICY.calculate_delay(context.retry_number + 1)
+    policy = gpu_retry_policy()
+    if transient and context.retry_number < policy.max_retries:
+        wait = policy.calculate_delay(context.retry_number + 1)
         context.log.warning(f"{description} -- a transient server fault: trying the step again in "
-                            f"{wait:.1f} s (retry {context.retry_number + 1} of {GPU_RETRY_POLICY.max_retries})")
-        raise dg.RetryRequested(max_retries=GPU_RETRY_POLICY.max_retries, seconds_to_wait=wait) from failure
+                            f"{wait:.1f} s (retry {context.retry_number + 1} of {policy.max_retries})")
+        raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from failure
     raise failure from None
 
 

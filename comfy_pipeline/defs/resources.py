@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from comfy_pipeline import settings
 from comfy_pipeline.batch.records import COMFYUI, SIMULATOR, ServerInfo
 from comfy_pipeline.comfyui.errors import ComfyUIError, NoServerConfigured
 from comfy_pipeline.comfyui.redaction import redact_url
@@ -27,26 +28,55 @@ class ComfyUIResource(dg.ConfigurableResource):
     Setting it up is free (it also happens on every sensor tick): the server is contacted, or the
     simulator started, only when a step first asks for the client.
 
-    URL and credentials left unset fall back to the environment when the client is made: a run config that
-    sets any field of this resource (`comfy-pipeline check` sets the URL, a launchpad user the timeout)
-    replaces its whole definition-time config, EnvVars included, and the run must not lose its server or
-    credentials because of that.
+    Which server wins is decided by comfy_pipeline/settings.py (run config `urls`/`url` > COMFYUI_URLS >
+    COMFYUI_URL > a running `comfy-pipeline server` session > the simulator), read when the client is made.
+    Credentials are not fields: Dagster stores run config in plain text, so a run config naming a token or a
+    password fails Dagster's config validation before a run exists. They come from the environment only
+    (COMFYUI_TOKEN, or COMFYUI_USERNAME and COMFYUI_PASSWORD).
     """
 
-    url: str | None = Field(default=None, description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL); `simulator` for the embedded simulator.")
-    urls: list[str] | None = Field(default=None, description="Several ComfyUI servers sharing the work (env COMFYUI_URLS, comma-separated); wins over `url`.")
-    token: str | None = Field(default=None, description="Bearer token for a proxy in front of ComfyUI (env COMFYUI_TOKEN).")
-    username: str | None = Field(default=None, description="Basic-auth user (env COMFYUI_USERNAME).")
-    password: str | None = Field(default=None, description="Basic-auth password (env COMFYUI_PASSWORD).")
+    url: str | None = Field(
+        default=None,
+        description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL); `simulator` for the embedded "
+                    "simulator.",
+    )
+    urls: list[str] | None = Field(
+        default=None,
+        description="Several ComfyUI servers sharing the work (env COMFYUI_URLS, comma-separated); wins over `url`.",
+    )
     connect_timeout: float = Field(default=5.0, description="Seconds to wait for a TCP connection.")
     request_timeout: float = Field(default=30.0, description="Seconds to wait for an HTTP answer.")
-    prompt_timeout: float = Field(default=900.0, gt=0, description="Seconds one prompt may run on the server, counted from the moment it starts executing; past it the prompt is cancelled.")
-    queue_timeout: float = Field(default=3600.0, gt=0, description="Seconds one prompt may wait in the server's queue (behind other work) before it starts; past it the prompt is cancelled.")
-    max_in_flight: int = Field(default=4, ge=1, description="Prompts queued on each server at once, so its GPU never waits for us.")
-    server_down_timeout: float = Field(default=60.0, gt=0, description="Seconds a server that stopped answering is waited for before its prompts fail.")
-    max_download_bytes: int = Field(default=2 * 1024**3, ge=1, description="Largest output file accepted; a bigger one is refused before anything is written.")
-    output_dir: str | None = Field(default=None, description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).")
-    client_id: str | None = Field(default=None, description="Advanced: the WebSocket client id (default: a new one per run). `comfy-pipeline check` sets it to the id it queued a test's prompts under ahead of the run, so that their progress reaches the run.")
+    prompt_timeout: float = Field(
+        default=900.0, gt=0,
+        description="Seconds one prompt may run on the server, counted from the moment it starts executing; "
+                    "past it the prompt is cancelled.",
+    )
+    queue_timeout: float = Field(
+        default=3600.0, gt=0,
+        description="Seconds one prompt may wait in the server's queue (behind other work) before it starts; "
+                    "past it the prompt is cancelled.",
+    )
+    max_in_flight: int = Field(
+        default=4, ge=1,
+        description="Prompts queued on each server at once, so its GPU never waits for us.",
+    )
+    server_down_timeout: float = Field(
+        default=60.0, gt=0,
+        description="Seconds a server that stopped answering is waited for before its prompts fail.",
+    )
+    max_download_bytes: int = Field(
+        default=2 * 1024**3, ge=1,
+        description="Largest output file accepted; a bigger one is refused before anything is written.",
+    )
+    output_dir: str | None = Field(
+        default=None,
+        description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).",
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="Advanced: the WebSocket client id (default: a new one per run). `comfy-pipeline check` sets it to "
+                    "the id it queued a test's prompts under ahead of the run, so that their progress reaches the run.",
+    )
     simulator_image_seconds: float = Field(default=0.2, description="Simulated GPU time per image (simulator only).")
     simulator_video_seconds: float = Field(default=1.0, description="Simulated GPU time per video (simulator only).")
 
@@ -58,21 +88,22 @@ class ComfyUIResource(dg.ConfigurableResource):
     @property
     def output_path(self) -> Path:
         """The output folder; like the URL it falls back to the environment when the run config leaves it out."""
-        # Absolute, so the paths recorded in metadata and reports lead to the files from anywhere.
-        return Path(self.output_dir or os.environ.get("COMFY_PIPELINE_OUTPUT_DIR") or "comfy_outputs").absolute()
+        return settings.output_dir(self.output_dir)
 
     @property
     def display_url(self) -> str:
         if self._clients:
             return ", ".join(client.url for client in self._clients)
-        urls = self.configured_urls()
+        try:
+            urls = self.configured_urls()
+        except settings.SettingError:  # the failure itself names the problem
+            return "unknown (see the error)"
         return ", ".join(redact_url(url) for url in urls) if urls else "embedded simulator"
 
-    def _credentials(self) -> dict[str, str | None]:
-        configured = {"token": self.token, "username": self.username, "password": self.password}
-        if any(configured.values()):
-            return {k: v or None for k, v in configured.items()}
-        return {k: os.environ.get(f"COMFYUI_{k.upper()}") or None for k in configured}
+    @property
+    def secrets(self) -> list[str]:
+        """The credential values to scrub from anything this resource's users log."""
+        return settings.credentials().secrets
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.dagster_run
@@ -81,16 +112,10 @@ class ComfyUIResource(dg.ConfigurableResource):
         self._deployment = context.instance is not None and is_deployment(context.instance)
 
     def configured_urls(self) -> list[str]:
-        """The servers from config, the environment or a running `comfy-pipeline server` session, in that order;
-        [] when none is configured, ["simulator"] when the embedded simulator was chosen."""
-        if self.urls:
-            return _split(self.urls)
-        for value in (os.environ.get("COMFYUI_URLS"), self.url, os.environ.get("COMFYUI_URL")):
-            urls = _split([value]) if value else []
-            if urls:
-                return urls
-        session = _recorded_session_url()
-        return [session] if session else []
+        """The servers, chosen as settings.choose_servers says; [] when none is configured, ["simulator"] when
+        the embedded simulator was chosen. Raises settings.SettingError (a ComfyUIError) for a corrupt session
+        state file or `simulator` mixed with URLs."""
+        return list(settings.choose_servers(config=self.urls or [self.url]).urls)
 
     def configured_url(self) -> str | None:
         """The first configured server (None: nothing configured)."""
@@ -109,26 +134,22 @@ class ComfyUIResource(dg.ConfigurableResource):
     def get_clients(self) -> list:
         """One ComfyUIClient per server of this run (starting the embedded simulator when it is the server)."""
         if not self._clients:
-            from comfy_pipeline.comfyui.client import ComfyUIClient
-
             started = time.monotonic()
             urls = self.configured_urls()
-            if not urls and (self._deployment or os.environ.get("COMFY_PIPELINE_REQUIRE_SERVER") == "1"):
+            if not urls and (self._deployment or settings.require_server()):
                 raise NoServerConfigured()
             if not urls or urls == [SIMULATOR]:
-                from comfy_pipeline.simulator import Simulator  # only needed for the embedded simulator
+                from comfy_pipeline.simulator import (
+                    Simulator,  # only needed for the embedded simulator
+                )
 
                 self._simulator = Simulator(
                     image_seconds=self.simulator_image_seconds, video_seconds=self.simulator_video_seconds
                 ).start()
                 urls = [self._simulator.url]
-            elif SIMULATOR in urls:
-                raise ComfyUIError("`simulator` cannot be mixed with real server URLs in COMFYUI_URLS / urls: "
-                                   "give one or the other")
             self._clients = [
-                ComfyUIClient(
+                settings.make_client(
                     url,
-                    **self._credentials(),
                     connect_timeout=self.connect_timeout,
                     read_timeout=self.request_timeout,
                     server_down_timeout=self.server_down_timeout,
@@ -166,21 +187,11 @@ class ComfyUIResource(dg.ConfigurableResource):
         self.close()
 
 
-SECRET_FIELDS = {"token": "COMFYUI_TOKEN", "password": "COMFYUI_PASSWORD"}
-
-
 def refuse_secrets_in_run_config(run_config: dict) -> None:
-    """Dagster stores run config in its run database as it is, so a credential written there is readable by
-    anyone who can read runs. Refuse it (the run fails before it talks to any server) and name the variable."""
+    """A URL with a user and password in run config: Dagster stores run config in its run database as it is, so
+    refuse it (the run fails before it talks to any server). Token and password are no config fields at all:
+    Dagster's config validation refuses them before a run exists."""
     config = (((run_config or {}).get("resources") or {}).get("comfy") or {}).get("config") or {}
-    for field, variable in SECRET_FIELDS.items():
-        if isinstance(config.get(field), str) and config[field]:
-            raise dg.Failure(
-                description=f"resources.comfy.config.{field} holds a secret in the run config, which Dagster "
-                f"stores in plain text: remove it and set the environment variable {variable} instead "
-                f"(or write {{env: {variable}}}).",
-                allow_retries=False,
-            )
     url = config.get("url")
     if isinstance(url, str) and urlsplit(url if "://" in url else f"http://{url}").username is not None:
         raise dg.Failure(
@@ -198,8 +209,8 @@ def gpu_pool(urls: list[str] | str | None = None) -> str:
     (COMFYUI_URLS / COMFYUI_URL when the definitions load; the embedded simulator is per run), e.g.
     `comfyui-gpu-a-8188` or, for two servers, `comfyui-gpu-a-8188+gpu-b-8188`."""
     if urls is None:
-        urls = os.environ.get("COMFYUI_URLS") or os.environ.get("COMFYUI_URL")
-    found = _split([urls] if isinstance(urls, str) else urls or [])
+        urls = os.environ.get(settings.URLS_ENV) or os.environ.get(settings.URL_ENV)
+    found = settings.split_urls([urls] if isinstance(urls, str) else urls or [])
     if not found or found == [SIMULATOR]:
         return "comfyui-embedded"
     return "comfyui-" + "+".join(sorted(_host_port(url) for url in found))
@@ -214,12 +225,6 @@ def is_deployment(instance: dg.DagsterInstance) -> bool:
     than a laptop's (SQLite under DAGSTER_HOME, or the temporary one of `dagster job execute`)."""
     storage = type(instance.run_storage).__name__
     return not storage.startswith(("Sqlite", "InMemory"))
-
-
-def _split(values: list[str]) -> list[str]:
-    """`["http://a:8188, http://b:8188"]` -> each URL once, in order."""
-    urls = [u.strip() for value in values for u in str(value).split(",") if u.strip()]
-    return list(dict.fromkeys(urls))
 
 
 def _host_port(url: str) -> str:
@@ -242,17 +247,6 @@ def _describe(client, stats: dict, embedded: bool) -> ServerInfo:
         vram_total_gb=round((device.get("vram_total") or 0) / 1024**3, 2),
         vram_free_gb=round((device.get("vram_free") or 0) / 1024**3, 2),
     )
-
-
-def _recorded_session_url() -> str | None:
-    """The URL of a session started with `comfy-pipeline server start`, if one is running."""
-    from comfy_pipeline.cli.session import SessionError, current_session
-
-    try:
-        session = current_session()
-    except SessionError:
-        return None
-    return session.url if session else None
 
 
 class QualityThresholds(dg.ConfigurableResource):

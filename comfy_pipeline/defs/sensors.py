@@ -2,19 +2,19 @@
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 import dagster as dg
 
+from comfy_pipeline import settings
 from comfy_pipeline.batch import inbox, ledger, outputs
-from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.comfyui.redaction import scrub
+from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.defs.jobs import image_to_video_job, video_generation_job
+from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.media import MediaError, probe_image
 from comfy_pipeline.workflows.prompts import PromptError, check_specs, read_prompt_file
-from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.workflows.workflow import WorkflowError
 
 FAILURES_LOG = "failures.jsonl"
@@ -85,7 +85,7 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
         handled = json.loads(context.cursor) if context.cursor else {}
     except ValueError:
         handled = {}
-    settle = float(os.environ.get("COMFY_PIPELINE_INBOX_SETTLE_S", inbox.SETTLE_S))
+    settle = settings.inbox_settle_s(inbox.SETTLE_S)
     found = inbox.scan(folder, handled if isinstance(handled, dict) else {}, settle=settle)
     requests, problems = [], []
     for path in found.ready:
@@ -118,7 +118,7 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
     "<output folder>/failures.jsonl, and cancels any prompt the run left on the ComfyUI server.",
 )
 def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResource):
-    secrets = [comfy.token, comfy.password]
+    secrets = comfy.secrets
     _cancel_prompts_left_behind(context, comfy)
     steps = []
     for event in context.get_step_failure_events():
@@ -145,7 +145,13 @@ def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: Comf
     running on the server: cancel them (batch.ledger). Only for a configured server: the embedded simulator
     died with the run."""
     run_id = context.dagster_run.run_id
-    if comfy.configured_urls() in ([], ["simulator"]) or not ledger.has_record(comfy.output_path, run_id):
+    if not ledger.has_record(comfy.output_path, run_id):
+        return
+    try:
+        if comfy.configured_urls() in ([], ["simulator"]):
+            return
+    except settings.SettingError as exc:  # e.g. a corrupt session state file: the run's own failure names it
+        context.log.warning(f"could not cancel the prompts run {run_id} left behind: {exc}")
         return
     try:
         for client in comfy.get_clients():
@@ -154,7 +160,7 @@ def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: Comf
                                               only_run=run_id)
             except Exception as exc:  # the next batch against that server sweeps again
                 context.log.warning(f"could not cancel the prompts run {run_id} left on {client.url}: "
-                                    f"{scrub(str(exc), [comfy.token, comfy.password])}")
+                                    f"{scrub(str(exc), comfy.secrets)}")
                 continue
             if found:
                 context.log.warning(f"cancelled {len(found)} prompt(s) that failed run {run_id} left on {client.url}")

@@ -60,10 +60,10 @@ def _download(client: str, url: str, dest: Path) -> tuple[int, int, float]:
     """Download NAME with `client`: (bytes written, VmRSS in kB just before, seconds). Imports and connection
     come first, so they are not counted."""
     if client == "ours":
-        from comfy_pipeline.comfyui.client import ComfyUIClient
+        from comfy_pipeline import settings
         from comfy_pipeline.comfyui.files import OutputFile
 
-        ours = ComfyUIClient(url)
+        ours = settings.make_client(url, creds=settings.NO_CREDENTIALS)
         ours.system_stats()
         before, start = _reset_peak(), time.monotonic()
         path = ours.download(OutputFile("bench", NAME, "", "output", "other"), dest)

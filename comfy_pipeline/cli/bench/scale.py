@@ -94,8 +94,8 @@ def _client_batch(url: str, size: int, out: Path) -> dict:
     on Linux, so the parent can compare them with the simulator's busy intervals."""
     import requests
 
+    from comfy_pipeline import settings
     from comfy_pipeline.batch.runner import Job, run_batch
-    from comfy_pipeline.comfyui.client import ComfyUIClient
     from comfy_pipeline.workflows.workflow import load_workflow
 
     workflow = load_workflow("z_image_turbo_generation")
@@ -109,7 +109,7 @@ def _client_batch(url: str, size: int, out: Path) -> dict:
     session.close()
     jobs = [Job(f"p{i}", workflow, {"prompt": f"scale prompt {i}: a harbour at dawn", "seed": i, **SMALL_IMAGE},
                 f"bench/scale/{size}/image_{i:04d}", out, f"image_{i:04d}") for i in range(size)]
-    with ComfyUIClient(url) as client:
+    with settings.make_client(url, creds=settings.NO_CREDENTIALS) as client:
         cpu_before, start = os.times(), time.monotonic()
         results = run_batch(client, jobs, prompt_timeout=600.0)
         end, cpu_after = time.monotonic(), os.times()

@@ -7,9 +7,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from comfy_pipeline import settings
 from comfy_pipeline.batch.runner import Job, run_batch
 from comfy_pipeline.cli.bench.report import RATIO_AT_LEAST, Figure
-from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
 
@@ -47,7 +47,7 @@ def _batch(servers: int, prompts: int, image_seconds: float, workdir: Path) -> d
     with ExitStack() as stack:
         sims = [stack.enter_context(Simulator(data_dir=workdir / f"sim{n}", image_seconds=image_seconds))
                 for n in range(servers)]
-        clients = [stack.enter_context(ComfyUIClient(sim.url)) for sim in sims]
+        clients = [stack.enter_context(settings.make_client(sim.url, creds=settings.NO_CREDENTIALS)) for sim in sims]
         start = time.monotonic()
         results = run_batch(clients, jobs)
         wall = time.monotonic() - start

@@ -70,7 +70,8 @@ class Session:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data.update(started_at=self.started_at.isoformat(), log_path=str(self.log_path), state_path=str(self.state_path))
+        data.update(started_at=self.started_at.isoformat(), log_path=str(self.log_path),
+                    state_path=str(self.state_path))
         return data
 
     @classmethod
