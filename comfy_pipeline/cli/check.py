@@ -22,6 +22,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -53,9 +54,13 @@ PHASES = ("connection", "workflow_load", "upload", "queue_wait", "execution", "d
 # Runs in flight at once: one on the GPU, one queued behind it, one starting up or checking its outputs.
 # COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT=1 runs one test after another (the bench measures both).
 MAX_RUNS_IN_FLIGHT = 3
-# Tests whose image prompts are queued before Dagster loads (the runs feed the queue after that): as many as the
-# circuit breaker's threshold, so a broken server gets no more prompts than the breaker lets fail.
+# Tests whose image prompts are queued before Dagster loads: as many as the circuit breaker's threshold, so a
+# broken server gets no more prompts than the breaker lets fail. Once a test has passed, the server is known to
+# work and the queue is topped up as tests pass: every image-only test's prompt, and this many pipeline tests
+# ahead (each pipeline test's video goes behind whatever image prompts are queued then: a short lead keeps the
+# pipeline runs from waiting behind the whole check's images).
 QUEUE_AHEAD = 3
+STATUS_POLL_S = 0.05  # how often the check asks whether the first prompt queued ahead has ended
 CANCEL_WAIT_S = 15.0  # how long a stopped check waits for its cancelled prompts to leave the server
 QUEUE_AHEAD_ENV = "COMFY_PIPELINE_CHECK_QUEUE_AHEAD"  # 0: none (each run queues its own, as without overlap)
 RUNS_IN_FLIGHT_ENV = "COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT"
@@ -176,18 +181,21 @@ def _run(args: argparse.Namespace) -> int:
             print(f"resuming: {skipped} test(s) already finished, {len(to_run)} to go", file=sys.stderr)
         chosen = [t for t in tests if t.name in to_run]
         with sigterm_as_keyboard_interrupt():
+            ahead = AheadQueue(own, chosen, problems, args)
             try:
-                queue_ahead(own, chosen, problems, args)  # the GPU starts now, while Dagster loads
+                ahead.first_tests()  # the GPU starts now, while Dagster loads
                 with _instance() as instance:
-                    results = run_tests(chosen, problems, url, args, instance, store)
+                    results = run_tests(chosen, problems, url, args, instance, store, ahead)
             except KeyboardInterrupt:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleaning up: a second Ctrl-C must not cut it short
-                _cancel_queued_ahead(url, chosen, args)
+                ahead.close()
+                _cancel_queued_ahead(url, chosen, Path(args.output_dir).resolve())
                 done = store.report()["completed"] - skipped
                 print(f"interrupted: {done} test(s) finished and recorded; the runs in flight were stopped and "
                       "their prompts cancelled. Continue with --resume.", file=sys.stderr)
                 raise
-        _cancel_queued_ahead(url, chosen, args)  # tests the breaker kept from starting
+        ahead.close()
+        _cancel_queued_ahead(url, chosen, Path(args.output_dir).resolve())  # tests the breaker kept from starting
     order = {test.name: i for i, test in enumerate(tests)}
     results.sort(key=lambda r: order[r.name])  # the report lists tests as planned, not as they finished
     report_path = _write_report(args, results, store)
@@ -217,8 +225,9 @@ def plan_tests(args: argparse.Namespace) -> list[Test]:
 
 
 def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args: argparse.Namespace,
-              instance: Any, store: CheckpointStore) -> list[TestResult]:
-    """Run `tests` with overlapping runs; each result is checkpointed and printed the moment its run ends."""
+              instance: Any, store: CheckpointStore, ahead: "AheadQueue | None" = None) -> list[TestResult]:
+    """Run `tests` with overlapping runs; each result is checkpointed and printed the moment its run ends.
+    `ahead` queues further tests' prompts ahead as tests pass, and cancels them when the breaker opens."""
     import dagster as dg
 
     output_dir = Path(args.output_dir).resolve()
@@ -232,10 +241,20 @@ def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args
             return TestResult(test.name, test.kind, False, 0.0, errors=[blocked[0]])
         return run_test(test, url, args, instance, run_id=run_id)
 
+    def launch(test: Test) -> str:  # called in this thread the moment the window starts `test`
+        if ahead is not None:
+            ahead.launched(test)
+        return test.run_id
+
     def finished(test: Test, result: TestResult) -> bool:
         results.append(result)
         store.record(test.name, success=result.success, duration=result.duration, details=_details(result))
         _print_line(result)
+        if ahead is not None:
+            if store.breaker_open:
+                ahead.cancel_waiting(url)  # tests that will not start must not keep the GPU busy meanwhile
+            elif result.success:
+                ahead.top_up()
         return result.success
 
     window: RunWindow[Test, TestResult] = RunWindow(
@@ -250,42 +269,122 @@ def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args
     atexit.register(gc.freeze)
     with tagged_stderr() as stderr:
         outcome = window.run(tests, start, finished, stop=lambda: store.breaker_open,
-                             run_id_of=lambda test: test.run_id)
+                             run_id_of=launch)
     if store.breaker_open:
         _print_breaker(store, outcome)
     return results
 
 
-def queue_ahead(client: ComfyUIClient, tests: list[Test], problems: list[tuple[str, str]],
-                args: argparse.Namespace) -> None:
-    """Queue the image prompts of the first few tests on the server now, before Dagster is even imported,
-    each under a prompt id its test's run adopts (config `prompt_ids`: the client posts nothing for an id the
-    server knows). Loading Dagster and starting the first run take seconds the GPU would otherwise idle. The
-    ids go to each run's ledger first: a check that dies leaves them to be cancelled, like any run's."""
-    from comfy_pipeline.batch.plan import gpu_job
-    from comfy_pipeline.batch.runner import queue_ahead as queue_jobs
+class AheadQueue:
+    """Queues tests' image prompts on the server ahead of their runs, each under a prompt id its test's run
+    adopts (config `prompt_ids`: the client posts nothing for an id the server knows), so the GPU never waits
+    for a run to start. First as many tests' as the circuit breaker lets fail, before Dagster is even imported
+    (loading it and starting the first run take seconds); once the first of those prompts has succeeded on the
+    server, the server is known to work and the rest follow (`top_up`). The ids go to each run's ledger first: a
+    check that dies leaves them to be cancelled, like any run's.
 
-    if any(kind == "image" for kind, _ in problems):
-        return  # the image workflow fails its pre-flight: those tests are not run
-    output_dir = Path(args.output_dir).resolve()
-    workflow = load_workflow(chosen_workflows(args)[0])
-    ahead = [t for t in tests if t.kind in ("image", "pipeline")][:_queue_ahead_count()]
-    if not ahead:
-        return
-    for test in ahead:
-        job = gpu_job("images", 0, test.spec, None, workflow, test.run_id, output_dir, str(uuid.uuid4()))
-        if not queue_jobs(client, [job], ledger.PromptLedger(output_dir, test.run_id), test.client_id):
-            return  # the run will meet the problem itself, and say what it is
-        test.prompt_ids = [job.prompt_id]
+    A watcher thread queues the rest the moment the first prompt succeeds (the first run ends seconds later);
+    the main thread starts runs meanwhile. The lock makes each test either queued ahead before its run starts
+    (the run adopts the id) or left to its run, never both."""
+
+    def __init__(self, client: ComfyUIClient, tests: list[Test], problems: list[tuple[str, str]],
+                 args: argparse.Namespace):
+        self._client = client
+        self._output_dir = Path(args.output_dir).resolve()
+        self._image_workflow = chosen_workflows(args)[0]
+        self._lead = _queue_ahead_count()  # 0: nothing is queued ahead at all
+        blocked = {kind for kind, _ in problems}
+        # A test whose pre-flight failed is not run: queueing its image would only burn GPU time.
+        self._waiting = [t for t in tests if t.kind in ("image", "pipeline")
+                         and not blocked & set(_WORKFLOW_KINDS[t.kind])]
+        self._workflow = None
+        self._failed = False  # queueing failed once: the runs meet the problem themselves, and say what it is
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    def first_tests(self) -> None:
+        """As many tests' prompts as the circuit breaker lets fail (nothing is known about the server yet), and
+        a watcher that queues the rest once the first of them has succeeded."""
+        first = self._waiting[:self._lead]
+        self._queue(first)
+        if first and first[0].prompt_ids:
+            threading.Thread(target=self._top_up_after, args=(first[0].prompt_ids[0],), daemon=True,
+                             name="check-queue-ahead").start()
+
+    def top_up(self) -> None:
+        """The server works: queue every image test still waiting, and `lead` pipeline tests ahead."""
+        if self._lead == 0:
+            return
+        with self._lock:
+            pipeline_ahead = sum(1 for t in self._waiting if t.kind == "pipeline" and t.prompt_ids)
+            more = []
+            for test in self._waiting:
+                if test.prompt_ids:
+                    continue
+                if test.kind == "pipeline":
+                    if pipeline_ahead >= self._lead:
+                        continue
+                    pipeline_ahead += 1
+                more.append(test)
+        self._queue(more)
+
+    def launched(self, test: Test) -> None:
+        """`test`'s run starts now: it adopts what was queued for it, or queues its own prompts."""
+        with self._lock:
+            if test in self._waiting:
+                self._waiting.remove(test)
+
+    def close(self) -> None:
+        """Queue nothing more (the check is ending or stopping); returns once no queueing is under way."""
+        self._closed.set()
+        with self._lock:
+            pass
+
+    def cancel_waiting(self, url: str) -> None:
+        """The tests not started yet will not be (the breaker opened): cancel their prompts now."""
+        self.close()
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        _cancel_queued_ahead(url, waiting, self._output_dir)
+
+    def _top_up_after(self, prompt_id: str) -> None:
+        """Wait for `prompt_id` to end; if it succeeded, top up. Any error: the runs go on as they would."""
+        try:
+            while not self._closed.is_set():
+                if self._client.status(prompt_id) == "done":
+                    self._client.wait(prompt_id, timeout=1.0)  # done: returns, or raises if it failed
+                    self.top_up()
+                    return
+                self._closed.wait(STATUS_POLL_S)
+        except Exception:  # a failed prompt, or a server that stopped answering: its run will say what it is
+            return
+
+    def _queue(self, tests: list[Test]) -> None:
+        from comfy_pipeline.batch.plan import gpu_job
+        from comfy_pipeline.batch.runner import queue_ahead as queue_jobs
+
+        for test in tests:
+            with self._lock:
+                if self._failed or self._closed.is_set() or test not in self._waiting or test.prompt_ids:
+                    continue
+                if self._workflow is None:
+                    self._workflow = load_workflow(self._image_workflow)
+                job = gpu_job("images", 0, test.spec, None, self._workflow, test.run_id, self._output_dir,
+                              str(uuid.uuid4()))
+                if not queue_jobs(self._client, [job], ledger.PromptLedger(self._output_dir, test.run_id),
+                                  test.client_id):
+                    self._failed = True  # the runs meet the problem themselves, and say what it is
+                    return
+                test.prompt_ids = [job.prompt_id]
 
 
-def _cancel_queued_ahead(url: str, tests: list[Test], args: argparse.Namespace) -> None:
+def _cancel_queued_ahead(url: str, tests: list[Test], output_dir: Path) -> None:
     """Tests that never started (the breaker tripped, Ctrl-C) must not leave their prompts on the GPU. (A run
     that started owns its prompts; one that ended has no record left, so this changes nothing for it.)"""
     for test in tests:
         if test.prompt_ids:
             try:
-                _cancel_run(url, Path(args.output_dir).resolve(), test.run_id)
+                _cancel_run(url, output_dir, test.run_id)
             except Exception as exc:  # best effort while stopping; the next run's sweep tries again
                 print(f"could not cancel the prompts queued ahead for {test.name}: {exc}", file=sys.stderr)
 
