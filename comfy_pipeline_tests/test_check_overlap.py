@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,30 +79,42 @@ def test_interrupt_stops_every_run_cancels_its_prompts_and_resume_finishes(tmp_p
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     args = ["--test-type", "image-only", *prompts(5)]
     progress = tmp_path / "state" / "check-progress.json"
-    with Simulator(data_dir=tmp_path / "sim", image_seconds=2.0) as sim:
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=0.05) as sim:
+        sim.hold_sampling()  # the first prompt stays running until the end: no test can finish before the signal
         proc = subprocess.Popen(
             [sys.executable, "-m", "comfy_pipeline.cli", "check", "--state-dir", str(tmp_path / "state"),
              "--output-dir", str(tmp_path / "out"), "--comfyui-url", sim.url, *args],
             cwd=tmp_path, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait until one prompt runs and a second is queued behind it
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        # Wait until two runs are waiting on their prompts (one held on the GPU, the next queued behind it).
+        runs_waiting = threading.Event()
+        deadline = time.monotonic() + 240  # generous: a loaded machine starts Dagster slowly
+        while time.monotonic() < deadline and proc.poll() is None:
+            started = {line.split("|", 1)[0] for line in list(lines) if "|  [generated_image]" in line}
             queue = requests.get(f"{sim.url}/queue", timeout=5).json()
-            if queue["queue_running"] and queue["queue_pending"]:
+            if {"image-1", "image-2"} <= started and queue["queue_running"] and queue["queue_pending"]:
+                runs_waiting.set()
                 break
             time.sleep(0.05)
-        else:
+        if not runs_waiting.is_set():
             proc.kill()
-            pytest.fail("the check never had two prompts on the server at once")
+            pytest.fail("the check never had two runs waiting on their prompts")
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+        stderr = "".join(lines)
         assert proc.returncode == 130, stderr
         assert "interrupted:" in stderr and "--resume" in stderr
         queue = requests.get(f"{sim.url}/queue", timeout=5).json()
         assert queue["queue_running"] == [] and queue["queue_pending"] == []  # nothing of ours left on the GPU
         assert not list((tmp_path / "out" / ".inflight").glob("*.jsonl"))  # and nothing left to sweep later
         recorded = set(json.loads(progress.read_text())["results"])
-        assert len(recorded) < 5  # the interrupted tests are not recorded as results
+        assert recorded == set()  # the interrupted tests are not recorded as results
+
+        sim.release_sampling()
 
         resumed = check(tmp_path, "--comfyui-url", sim.url, "--resume", "--json", *args)
     assert resumed.returncode == 0, resumed.stderr
