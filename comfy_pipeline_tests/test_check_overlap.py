@@ -126,16 +126,36 @@ def test_interrupt_stops_every_run_cancels_its_prompts_and_resume_finishes(tmp_p
 def test_prompts_queued_before_dagster_loads_are_adopted_by_their_runs_and_run_once(tmp_path):
     """The first tests' prompts are on the GPU before Dagster is imported; each test's run adopts its own (same
     prompt id, nothing posted twice), downloads its own image and hears its progress on its socket."""
-    with Simulator(data_dir=tmp_path / "sim", image_seconds=1.5) as sim:
-        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json", *prompts(4))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=0.2) as sim:
+        sim.hold_sampling()  # until the third test's run waits on its prompt: whatever the machine's speed
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "comfy_pipeline.cli", "check", "--state-dir", str(tmp_path / "state"),
+             "--output-dir", str(tmp_path / "out"), "--comfyui-url", sim.url, "--test-type", "image-only",
+             "--json", *prompts(4)],
+            cwd=tmp_path, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(line.startswith("image-3|  [generated_image]") for line in list(lines)):
+                break
+            time.sleep(0.05)
+        sim.release_sampling()
+        stdout = proc.stdout.read()  # the JSON report, at the end
+        proc.wait(timeout=240)
+        reader.join(timeout=30)
         started = sim.started_prompts()
-    assert proc.returncode == 0, proc.stderr
-    tests = report_of(proc)["tests"]
+    stderr = "".join(lines)
+    assert proc.returncode == 0, stderr
+    tests = json.loads(stdout)["tests"]
     assert all(t["success"] for t in tests)
     assert len(started) == 4 and len({s["prompt_id"] for s in started}) == 4  # four prompts, each run once
     for i, (test, ran) in enumerate(zip(tests, started)):
         assert f"overlap-prompt-{i}" in Path(test["outputs"][0]).name
         assert ran["filename_prefixes"] == [f"comfy_pipeline/{test['run_id'][:8]}/image_00"]  # the run's own graph
     # The third test's prompt was still waiting when its run started: its progress reached that run.
-    assert any(line.startswith("image-3|") and "(KSampler) step" in line for line in proc.stderr.splitlines())
+    assert any(line.startswith("image-3|") and "(KSampler) step" in line for line in stderr.splitlines())
     assert not list((tmp_path / "out" / ".inflight").glob("*.jsonl"))

@@ -1,4 +1,4 @@
-"""`comfy-pipeline check`: the seed design's test runner for a ComfyUI deployment, on top of the Dagster jobs.
+"""`comfy-pipeline check`: the design document's test runner for a ComfyUI deployment, on top of the Dagster jobs.
 
 Every test is one run of a pipeline job, executed in-process on a real Dagster instance (DAGSTER_HOME when
 set), so a terminal check and a scheduled run take the same code path. The runs overlap (check_runs.py): the
@@ -34,17 +34,25 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from comfy_pipeline.batch import ledger, outputs
 from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, sigterm_as_keyboard_interrupt, tagged_stderr
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
+from comfy_pipeline.cli.session import SessionError, current_session
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
 from comfy_pipeline.workflows.prompts import (
-    IMAGE_WORKFLOW, MAX_PROMPT_FILE_BYTES, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, check_text,
-    library_specs, load_json_bounded, specs_from_seed_prompts,
+    IMAGE_WORKFLOW,
+    MAX_PROMPT_FILE_BYTES,
+    VIDEO_WORKFLOW,
+    PromptError,
+    PromptSpec,
+    check_specs,
+    check_text,
+    library_specs,
+    load_json_bounded,
+    specs_from_seed_prompts,
 )
-from comfy_pipeline.cli.session import SessionError, current_session
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
 TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")
-JOB_FOR_KIND = {
+JOB_FOR_TEST_TYPE = {
     "connection": "comfyui_connection_job",
     "image": "image_generation_job",
     "video": "video_generation_job",
@@ -73,7 +81,7 @@ class UsageError(Exception):
 @dataclass
 class Test:
     name: str
-    kind: str  # connection | image | video | pipeline
+    type: str  # connection | image | video | pipeline
     spec: PromptSpec | None = None
     image: Path | None = None
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # chosen ahead: its prompts are queued ahead
@@ -111,7 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds one prompt may take on the server (env TEST_TIMEOUT; default 900)")
     p.add_argument("--output-dir", default=os.environ.get("COMFY_PIPELINE_OUTPUT_DIR", "comfy_outputs"))
     p.add_argument("--prompt", action="append", default=[], help="an image prompt (repeatable)")
-    p.add_argument("--prompts-file", type=Path, help="the seed's prompts.json: image_generation + video_generation lists")
+    p.add_argument("--prompts-file", type=Path,
+                   help="a prompts.json as in the design document: image_generation + video_generation lists")
     p.add_argument("--image", type=Path, help="start image for the video-only test")
     p.add_argument("--seed", type=int)
     p.add_argument("--frames", type=int, help="video length in frames (8n+1)")
@@ -174,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
             print(backend_note, file=sys.stderr)
         _require_reachable(url)
         own = stack.enter_context(_client(url, read_timeout=30.0))  # pre-flight and queue-ahead: one /object_info
-        problems = preflight_on_server(own, tests, args)
+        problems = preflight_tests(own, tests, args)
         to_run = store.begin([t.name for t in tests], resume=args.resume)
         skipped = len(tests) - len(to_run)
         if skipped:
@@ -234,11 +243,11 @@ def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args
     results: list[TestResult] = []
 
     def start(test: Test, run_id: str) -> TestResult:
-        print(f"== {test.name} ({test.kind}) ==", file=sys.stderr)
+        print(f"== {test.name} ({test.type}) ==", file=sys.stderr)
         stderr.tag(test.name)  # its progress lines from here on start with its name
-        blocked = [line for kind, line in problems if kind in _WORKFLOW_KINDS[test.kind]]
+        blocked = [line for role, line in problems if role in _WORKFLOW_ROLES[test.type]]
         if blocked:
-            return TestResult(test.name, test.kind, False, 0.0, errors=[blocked[0]])
+            return TestResult(test.name, test.type, False, 0.0, errors=[blocked[0]])
         return run_test(test, url, args, instance, run_id=run_id)
 
     def launch(test: Test) -> str:  # called in this thread the moment the window starts `test`
@@ -293,10 +302,10 @@ class AheadQueue:
         self._output_dir = Path(args.output_dir).resolve()
         self._image_workflow = chosen_workflows(args)[0]
         self._lead = _queue_ahead_count()  # 0: nothing is queued ahead at all
-        blocked = {kind for kind, _ in problems}
+        blocked = {role for role, _ in problems}
         # A test whose pre-flight failed is not run: queueing its image would only burn GPU time.
-        self._waiting = [t for t in tests if t.kind in ("image", "pipeline")
-                         and not blocked & set(_WORKFLOW_KINDS[t.kind])]
+        self._waiting = [t for t in tests if t.type in ("image", "pipeline")
+                         and not blocked & set(_WORKFLOW_ROLES[t.type])]
         self._workflow = None
         self._failed = False  # queueing failed once: the runs meet the problem themselves, and say what it is
         self._closed = threading.Event()
@@ -316,12 +325,12 @@ class AheadQueue:
         if self._lead == 0:
             return
         with self._lock:
-            pipeline_ahead = sum(1 for t in self._waiting if t.kind == "pipeline" and t.prompt_ids)
+            pipeline_ahead = sum(1 for t in self._waiting if t.type == "pipeline" and t.prompt_ids)
             more = []
             for test in self._waiting:
                 if test.prompt_ids:
                     continue
-                if test.kind == "pipeline":
+                if test.type == "pipeline":
                     if pipeline_ahead >= self._lead:
                         continue
                     pipeline_ahead += 1
@@ -419,7 +428,7 @@ def _print_breaker(store: CheckpointStore, outcome: WindowOutcome) -> None:
 def run_test(test: Test, url: str, args: argparse.Namespace, instance: Any, run_id: str | None = None) -> TestResult:
     from comfy_pipeline.definitions import defs  # Dagster is imported only when a test actually runs
 
-    job = defs.resolve_job_def(JOB_FOR_KIND[test.kind])
+    job = defs.resolve_job_def(JOB_FOR_TEST_TYPE[test.type])
     started = time.monotonic()
     result = job.execute_in_process(
         run_config=_run_config(test, url, args), instance=instance, raise_on_error=False, run_id=run_id,
@@ -449,45 +458,41 @@ def _wait_until_gone(client: ComfyUIClient, prompt_ids: set[str], timeout: float
         time.sleep(0.1)
 
 
-def _run_config(test: Test, url: str, args: argparse.Namespace) -> dict:
+def _run_config(test: Test, url: str, args: argparse.Namespace) -> Any:
+    """The test's run config, its ops' config built from the assets' own config classes (what the launchpad and
+    the sensors use), so no field is dropped on the way."""
+    import dagster as dg
+
+    from comfy_pipeline.defs.config import ImageConfig, PromptConfig, VideoConfig
+
     # Run config is stored in the run database as it is: never a credential in it. User and password in the
     # URL go to the environment (the resource reads them there), the URL without them to the config.
     comfy = {"url": credentials_to_environment(url), "output_dir": str(Path(args.output_dir).resolve()),
              "prompt_timeout": args.timeout}
     thresholds = {key: getattr(args, key) for key in ("image_min_bytes", "video_min_bytes")
                   if getattr(args, key) is not None}
-    config: dict[str, Any] = {
-        "resources": {"comfy": {"config": comfy}, **({"quality": {"config": thresholds}} if thresholds else {})},
-        "loggers": {"progress": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}},
-        "ops": {},
-    }
     image_workflow, video_workflow = chosen_workflows(args)
-    if test.kind in ("image", "pipeline"):
-        config["ops"]["generated_image"] = {"config": {"workflow": image_workflow}}
+    ops: dict[str, Any] = {}
+    if test.type in ("image", "pipeline"):
+        ops["prompt"] = PromptConfig.from_specs([test.spec])
+        ops["generated_image"] = ImageConfig(workflow=image_workflow, prompt_ids=test.prompt_ids)
         if test.prompt_ids:  # queued ahead: the run adopts them, and hears their progress on its socket
-            config["ops"]["generated_image"]["config"]["prompt_ids"] = test.prompt_ids
             comfy["client_id"] = test.client_id
-    spec = test.spec
-    if test.kind in ("image", "pipeline"):
-        config["ops"]["prompt"] = {"config": {"prompts": [_spec_config(spec)]}}
-    if test.kind == "video":
-        config["ops"]["ltx2_video"] = {
-            "config": {"input_images": [str(test.image)], "motion_prompt": spec.motion_prompt or spec.text,
-                       "seed": spec.seed, "frames": spec.frames, "fps": spec.fps, "workflow": video_workflow}
-        }
-    if test.kind == "pipeline":
-        config["ops"]["ltx2_video"] = {"config": {"workflow": video_workflow}}
-    return config
-
-
-def _spec_config(spec: PromptSpec) -> dict:
-    return {k: v for k, v in spec.to_dict().items() if k != "extra" and v is not None}
+    if test.type == "video":
+        ops["ltx2_video"] = VideoConfig.animate(test.image, test.spec, workflow=video_workflow)
+    if test.type == "pipeline":
+        ops["ltx2_video"] = VideoConfig(workflow=video_workflow)
+    return dg.RunConfig(
+        ops=ops,
+        resources={"comfy": {"config": comfy}, **({"quality": {"config": thresholds}} if thresholds else {})},
+        loggers={"progress": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}},
+    )
 
 
 def _summarise(test: Test, result: Any, duration: float) -> TestResult:
     import dagster as dg
 
-    summary = TestResult(test.name, test.kind, bool(result.success), round(duration, 3), run_id=result.run_id)
+    summary = TestResult(test.name, test.type, bool(result.success), round(duration, 3), run_id=result.run_id)
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
@@ -501,12 +506,13 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
             data = event.step_failure_data
             user = data.user_failure_data
             summary.errors.append(user.description if user and user.description else data.error.message.strip())
-    if test.kind == "connection" and result.success:
+    if test.type == "connection" and result.success:
         info = result.output_for_node("comfyui_connection")
         summary.backend = info.get("backend")
         summary.performance["connection"] = info.get("connection_s", 0.0)
         summary.checks.append({"name": "server_answers", "passed": True, "value": info.get("comfyui_version"),
-                               "expected": "a ComfyUI version", "message": f"{info.get('gpu')}, queue {info.get('queue_pending')} pending"})
+                               "expected": "a ComfyUI version",
+                               "message": f"{info.get('gpu')}, queue {info.get('queue_pending')} pending"})
     failed_checks = [c for c in summary.checks if not c["passed"]]
     if failed_checks and summary.success:
         summary.success = False
@@ -548,7 +554,7 @@ def _specs(args: argparse.Namespace) -> list[PromptSpec]:
 
 
 def _read_prompts_file(path: Path) -> list[PromptSpec]:
-    """The seed's prompts.json: a regular file (a FIFO would block), bounded in size and nesting."""
+    """A prompts.json as in the design document: a regular file (a FIFO would block), bounded in size and depth."""
     where = f"--prompts-file {path}"
     try:
         info = path.stat()
@@ -612,37 +618,34 @@ def credentials_to_environment(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-_WORKFLOW_KINDS = {"connection": (), "image": ("image",), "video": ("video",), "pipeline": ("image", "video")}
+# The workflows (by role: the image one, the video one) each type of test runs.
+_WORKFLOW_ROLES = {"connection": (), "image": ("image",), "video": ("video",), "pipeline": ("image", "video")}
 
 
-def preflight_on_server(client: ComfyUIClient, tests: list[Test], args: argparse.Namespace) -> list[tuple[str, str]]:
+def preflight_tests(client: ComfyUIClient, tests: list[Test], args: argparse.Namespace) -> list[tuple[str, str]]:
     """Pre-flight every workflow the planned tests need against the server, before any GPU time, and print what
     is wrong on the terminal: missing models with their folders, missing nodes, version mismatches. Returns
-    (workflow kind, one-line summary) per workflow that would fail; its tests fail without being run."""
-    from comfy_pipeline.workflows.preflight import preflight
+    (workflow role, one-line summary) per workflow that would fail; its tests fail without being run."""
+    from comfy_pipeline.workflows.preflight import preflight_on_server
 
-    needed = {kind for test in tests for kind in _WORKFLOW_KINDS[test.kind]}
-    if not needed:
-        return []
-    image_name, video_name = chosen_workflows(args)
-    object_info = client.object_info()
-    version = client.version()
-    failing = []
-    for kind, name in (("image", image_name), ("video", video_name)):
-        if kind not in needed:
-            continue
-        workflow = load_workflow(name)
+    needed = {role for test in tests for role in _WORKFLOW_ROLES[test.type]}
+    names = dict(zip(("image", "video"), chosen_workflows(args)))
+    roles, graphs = [], []
+    for role in (r for r in ("image", "video") if r in needed):
+        workflow = load_workflow(names[role])
         values = {"image": "start.png"} if "image" in workflow.params else {}
-        graph = workflow.inject(values, filename_prefix="comfy_pipeline/preflight")
-        report = preflight(graph, object_info, workflow=workflow.name, source=client.url, server_version=version)
-        if report.ok:
-            continue
-        print(f"pre-flight of {workflow.name} on {client.url} failed; its tests are not run:", file=sys.stderr)
+        roles.append(role)
+        graphs.append((workflow.name, workflow.inject(values, filename_prefix="comfy_pipeline/preflight")))
+    if not graphs:
+        return []
+    failing = []
+    for position, report in preflight_on_server(client, graphs).failing:
+        print(f"pre-flight of {report.workflow} on {client.url} failed; its tests are not run:", file=sys.stderr)
         for problem in report.problems:
             print("  " + problem.format().replace("\n", "\n  "), file=sys.stderr)
         counts = ", ".join(f"{k.replace('_', ' ')}: {sum(p.kind == k for p in report.problems)}"
                            for k in dict.fromkeys(p.kind for p in report.problems))
-        failing.append((kind, f"pre-flight of {workflow.name} failed ({counts}); nothing was submitted"))
+        failing.append((roles[position], f"pre-flight of {report.workflow} failed ({counts}); nothing was submitted"))
     return failing
 
 
