@@ -32,7 +32,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from comfy_pipeline.batch import ledger, outputs
-from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, sigterm_as_keyboard_interrupt, tagged_stderr
+from comfy_pipeline.batch.breaker import THRESHOLD
+from comfy_pipeline.cli.check_runs import (
+    RunWindow,
+    WindowOutcome,
+    sigterm_as_keyboard_interrupt,
+    tagged_stderr,
+)
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.cli.session import SessionError, current_session
 from comfy_pipeline.comfyui.client import ComfyUIClient
@@ -67,7 +73,7 @@ MAX_RUNS_IN_FLIGHT = 3
 # work and the queue is topped up as tests pass: every image-only test's prompt, and this many pipeline tests
 # ahead (each pipeline test's video goes behind whatever image prompts are queued then: a short lead keeps the
 # pipeline runs from waiting behind the whole check's images).
-QUEUE_AHEAD = 3
+QUEUE_AHEAD = THRESHOLD
 STATUS_POLL_S = 0.05  # how often the check asks whether the first prompt queued ahead has ended
 CANCEL_WAIT_S = 15.0  # how long a stopped check waits for its cancelled prompts to leave the server
 QUEUE_AHEAD_ENV = "COMFY_PIPELINE_CHECK_QUEUE_AHEAD"  # 0: none (each run queues its own, as without overlap)
@@ -426,7 +432,9 @@ def _print_breaker(store: CheckpointStore, outcome: WindowOutcome) -> None:
 
 
 def run_test(test: Test, url: str, args: argparse.Namespace, instance: Any, run_id: str | None = None) -> TestResult:
-    from comfy_pipeline.definitions import defs  # Dagster is imported only when a test actually runs
+    from comfy_pipeline.definitions import (
+        defs,  # Dagster is imported only when a test actually runs
+    )
 
     job = defs.resolve_job_def(JOB_FOR_TEST_TYPE[test.type])
     started = time.monotonic()

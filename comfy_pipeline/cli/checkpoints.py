@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from comfy_pipeline.batch import outputs
+from comfy_pipeline.batch.breaker import THRESHOLD, Breaker
 from comfy_pipeline.workflows.prompts import load_json_bounded
 
 FORMAT_VERSION = 1
@@ -21,9 +22,8 @@ class CheckpointError(Exception):
 
 
 class CheckpointStore:
-    def __init__(self, path: Path, *, breaker_threshold: int = 3):
-        if breaker_threshold < 1:
-            raise ValueError("breaker_threshold must be at least 1")
+    def __init__(self, path: Path, *, breaker_threshold: int = THRESHOLD):
+        Breaker(threshold=breaker_threshold)  # refuses a threshold below 1
         self.path = Path(path)
         self.breaker_threshold = breaker_threshold
         self._state: dict | None = None  # read lazily: a fresh begin() must not trip over a broken old file
@@ -60,12 +60,13 @@ class CheckpointStore:
         state = self._require_begun()
         if name not in state["tests"]:
             raise CheckpointError(f"test {name!r} is not part of this run ({len(state['tests'])} tests)")
+        breaker = self._breaker().after(name, success=success)  # before the results change: it reads their order
         state["results"].pop(name, None)  # results stay in the order they finished
         state["results"][name] = {
             "success": bool(success), "duration": round(float(duration), 3), "details": details,
             "finished_at": time.time(),
         }
-        state["consecutive_failures"] = 0 if success else state["consecutive_failures"] + 1
+        state["consecutive_failures"] = len(breaker.failures)
         state["updated_at"] = time.time()
         self._write()
 
@@ -75,7 +76,13 @@ class CheckpointStore:
 
     @property
     def breaker_open(self) -> bool:
-        return self.consecutive_failures >= self.breaker_threshold
+        return self._breaker().open
+
+    def _breaker(self) -> Breaker:
+        """The failures since begin() are the last `consecutive_failures` results (kept in the order they ended)."""
+        state = self._loaded()
+        count = state["consecutive_failures"]
+        return Breaker(tuple(list(state["results"])[len(state["results"]) - count:]), self.breaker_threshold)
 
     def report(self) -> dict:
         state = self._loaded()
@@ -186,8 +193,9 @@ def _check_shape(state: object) -> None:
     if not isinstance(results, dict):
         raise ValueError("'results' must be an object")
     failures = state["consecutive_failures"]
-    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
-        raise ValueError(f"'consecutive_failures' must be a whole number, 0 or more; got {failures!r}")
+    if isinstance(failures, bool) or not isinstance(failures, int) or not 0 <= failures <= len(results):
+        raise ValueError(f"'consecutive_failures' must be a whole number from 0 to the results' count, "
+                         f"got {failures!r}")
     if not _is_number(state["started_at"]):
         raise ValueError("'started_at' must be a time in seconds")
     for name, result in results.items():
