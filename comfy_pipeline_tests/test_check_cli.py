@@ -117,27 +117,34 @@ def test_failures_exit_1_and_the_circuit_breaker_stops_after_three(tmp_path):
     assert report["progress"]["pending"] == 2
 
 
-def test_resume_after_a_killed_check_skips_finished_tests(sim, tmp_path):
+def test_resume_after_a_killed_check_skips_finished_tests(tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_"))}
-    args = [sys.executable, "-m", "comfy_pipeline.cli", "check", "--state-dir", str(tmp_path / "state"),
-            "--output-dir", str(tmp_path / "out"), "--test-type", "image-only", "--comfyui-url", sim.url,
-            "--prompt", "one", "--prompt", "two", "--prompt", "three"]
+    prompts = ["--prompt", "one", "--prompt", "two", "--prompt", "three"]
     progress = tmp_path / "state" / "check-progress.json"
-    proc = subprocess.Popen(args, cwd=tmp_path, env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if progress.exists() and json.loads(progress.read_text())["results"]:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = set(json.loads(progress.read_text())["results"])
-    assert done_before and len(done_before) < 3
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=0.05) as sim:
+        sim.hold_sampling()  # the "GPU" makes exactly one image: one test can finish before the kill, no more
+        sim.release_sampling(1)
+        args = [sys.executable, "-m", "comfy_pipeline.cli", "check", "--state-dir", str(tmp_path / "state"),
+                "--output-dir", str(tmp_path / "out"), "--test-type", "image-only", "--comfyui-url", sim.url,
+                *prompts]
+        proc = subprocess.Popen(args, cwd=tmp_path, env=clean, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 240  # generous: a loaded machine starts Dagster slowly
+            while time.monotonic() < deadline and proc.poll() is None:
+                if progress.exists() and json.loads(progress.read_text())["results"]:
+                    break
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        done_before = set(json.loads(progress.read_text())["results"])
+        assert len(done_before) == 1
 
-    resumed = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--resume", "--json",
-                    "--prompt", "one", "--prompt", "two", "--prompt", "three")
+        sim.release_sampling()
+        resumed = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--resume", "--json",
+                        *prompts)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming: {len(done_before)} test(s) already finished" in resumed.stderr
+    assert "resuming: 1 test(s) already finished" in resumed.stderr
     ran_now = {t["name"] for t in report_of(resumed)["tests"]}
     assert ran_now == {"image-1", "image-2", "image-3"} - done_before
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,30 +79,42 @@ def test_interrupt_stops_every_run_cancels_its_prompts_and_resume_finishes(tmp_p
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     args = ["--test-type", "image-only", *prompts(5)]
     progress = tmp_path / "state" / "check-progress.json"
-    with Simulator(data_dir=tmp_path / "sim", image_seconds=2.0) as sim:
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=0.05) as sim:
+        sim.hold_sampling()  # the first prompt stays running until the end: no test can finish before the signal
         proc = subprocess.Popen(
             [sys.executable, "-m", "comfy_pipeline.cli", "check", "--state-dir", str(tmp_path / "state"),
              "--output-dir", str(tmp_path / "out"), "--comfyui-url", sim.url, *args],
             cwd=tmp_path, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait until one prompt runs and a second is queued behind it
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        # Wait until two runs are waiting on their prompts (one held on the GPU, the next queued behind it).
+        runs_waiting = threading.Event()
+        deadline = time.monotonic() + 240  # generous: a loaded machine starts Dagster slowly
+        while time.monotonic() < deadline and proc.poll() is None:
+            started = {line.split("|", 1)[0] for line in list(lines) if "|  [generated_image]" in line}
             queue = requests.get(f"{sim.url}/queue", timeout=5).json()
-            if queue["queue_running"] and queue["queue_pending"]:
+            if {"image-1", "image-2"} <= started and queue["queue_running"] and queue["queue_pending"]:
+                runs_waiting.set()
                 break
             time.sleep(0.05)
-        else:
+        if not runs_waiting.is_set():
             proc.kill()
-            pytest.fail("the check never had two prompts on the server at once")
+            pytest.fail("the check never had two runs waiting on their prompts")
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+        stderr = "".join(lines)
         assert proc.returncode == 130, stderr
         assert "interrupted:" in stderr and "--resume" in stderr
         queue = requests.get(f"{sim.url}/queue", timeout=5).json()
         assert queue["queue_running"] == [] and queue["queue_pending"] == []  # nothing of ours left on the GPU
         assert not list((tmp_path / "out" / ".inflight").glob("*.jsonl"))  # and nothing left to sweep later
         recorded = set(json.loads(progress.read_text())["results"])
-        assert len(recorded) < 5  # the interrupted tests are not recorded as results
+        assert recorded == set()  # the interrupted tests are not recorded as results
+
+        sim.release_sampling()
 
         resumed = check(tmp_path, "--comfyui-url", sim.url, "--resume", "--json", *args)
     assert resumed.returncode == 0, resumed.stderr
@@ -113,16 +126,36 @@ def test_interrupt_stops_every_run_cancels_its_prompts_and_resume_finishes(tmp_p
 def test_prompts_queued_before_dagster_loads_are_adopted_by_their_runs_and_run_once(tmp_path):
     """The first tests' prompts are on the GPU before Dagster is imported; each test's run adopts its own (same
     prompt id, nothing posted twice), downloads its own image and hears its progress on its socket."""
-    with Simulator(data_dir=tmp_path / "sim", image_seconds=1.5) as sim:
-        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json", *prompts(4))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=0.2) as sim:
+        sim.hold_sampling()  # until the third test's run waits on its prompt: whatever the machine's speed
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "comfy_pipeline.cli", "check", "--state-dir", str(tmp_path / "state"),
+             "--output-dir", str(tmp_path / "out"), "--comfyui-url", sim.url, "--test-type", "image-only",
+             "--json", *prompts(4)],
+            cwd=tmp_path, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(line.startswith("image-3|  [generated_image]") for line in list(lines)):
+                break
+            time.sleep(0.05)
+        sim.release_sampling()
+        stdout = proc.stdout.read()  # the JSON report, at the end
+        proc.wait(timeout=240)
+        reader.join(timeout=30)
         started = sim.started_prompts()
-    assert proc.returncode == 0, proc.stderr
-    tests = report_of(proc)["tests"]
+    stderr = "".join(lines)
+    assert proc.returncode == 0, stderr
+    tests = json.loads(stdout)["tests"]
     assert all(t["success"] for t in tests)
     assert len(started) == 4 and len({s["prompt_id"] for s in started}) == 4  # four prompts, each run once
     for i, (test, ran) in enumerate(zip(tests, started)):
         assert f"overlap-prompt-{i}" in Path(test["outputs"][0]).name
         assert ran["filename_prefixes"] == [f"comfy_pipeline/{test['run_id'][:8]}/image_00"]  # the run's own graph
     # The third test's prompt was still waiting when its run started: its progress reached that run.
-    assert any(line.startswith("image-3|") and "(KSampler) step" in line for line in proc.stderr.splitlines())
+    assert any(line.startswith("image-3|") and "(KSampler) step" in line for line in stderr.splitlines())
     assert not list((tmp_path / "out" / ".inflight").glob("*.jsonl"))

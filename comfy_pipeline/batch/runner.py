@@ -29,7 +29,7 @@ from comfy_pipeline.comfyui.errors import (
     ComfyUIError, NodeError, PromptLost, ServerError, ServerUnreachable, WorkflowValidationError, is_transient,
 )
 from comfy_pipeline.workflows.compat import adapt_to_server
-from comfy_pipeline.workflows.preflight import preflight
+from comfy_pipeline.workflows.preflight import preflight_on_server
 from comfy_pipeline.workflows.workflow import Workflow
 
 if TYPE_CHECKING:  # the client (requests, websocket-client) is loaded by whoever makes one, not on import
@@ -79,25 +79,25 @@ ProgressCallback = Callable[[Job, "ProgressEvent"], None]
 def preflight_jobs(client: "ComfyUIClient", jobs: list[Job]) -> dict:
     """Check every graph against the server's /object_info (pre-flight adapts it to the server's version, as
     the submit does) before any GPU time is spent; the /object_info, for the submits."""
-    object_info = client.object_info()
-    version = client.version()
+    graphs = []
     for job in jobs:
         values = dict(job.values)
         if job.upload is not None:
             values.setdefault("image", f"{job.upload.name}")
-        graph = job.workflow.inject(values, filename_prefix=job.filename_prefix)
-        report = preflight(graph, object_info, workflow=job.workflow.name, source=client.url, server_version=version)
-        if not report.ok:
-            raise WorkflowValidationError(
-                f"pre-flight against {client.url} failed for {job.key}; nothing was submitted",
-                [
-                    NodeError(p.node_id, p.class_type, p.kind,
-                              f"{p.message.rstrip('.')}. {p.hint}" if p.hint else p.message, p.input_name)
-                    for p in report.problems
-                ],
-                workflow=job.workflow.name,
-            )
-    return object_info
+        graphs.append((job.workflow.name, job.workflow.inject(values, filename_prefix=job.filename_prefix)))
+    checked = preflight_on_server(client, graphs)
+    for position, report in checked.failing[:1]:  # the first refused job names the cause; nothing is submitted
+        job = jobs[position]
+        raise WorkflowValidationError(
+            f"pre-flight against {client.url} failed for {job.key}; nothing was submitted",
+            [
+                NodeError(p.node_id, p.class_type, p.kind,
+                          f"{p.message.rstrip('.')}. {p.hint}" if p.hint else p.message, p.input_name)
+                for p in report.problems
+            ],
+            workflow=job.workflow.name,
+        )
+    return checked.object_info
 
 
 def run_batch(

@@ -1,4 +1,4 @@
-"""`comfy-pipeline check`: the seed design's test runner for a ComfyUI deployment, on top of the Dagster jobs.
+"""`comfy-pipeline check`: the design document's test runner for a ComfyUI deployment, on top of the Dagster jobs.
 
 Every test is one run of a pipeline job, executed in-process on a real Dagster instance (DAGSTER_HOME when
 set), so a terminal check and a scheduled run take the same code path. The runs overlap (check_runs.py): the
@@ -22,6 +22,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -32,20 +33,29 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from comfy_pipeline import settings
 from comfy_pipeline.batch import ledger, outputs
+from comfy_pipeline.batch.breaker import THRESHOLD
 from comfy_pipeline.batch.records import GenerationManifest, OutputItem, ServerInfo
 from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, sigterm_as_keyboard_interrupt, tagged_stderr
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
 from comfy_pipeline.workflows.prompts import (
-    IMAGE_WORKFLOW, MAX_PROMPT_FILE_BYTES, VIDEO_WORKFLOW, PromptError, PromptSpec, check_specs, check_text,
-    library_specs, load_json_bounded, specs_from_seed_prompts,
+    IMAGE_WORKFLOW,
+    MAX_PROMPT_FILE_BYTES,
+    VIDEO_WORKFLOW,
+    PromptError,
+    PromptSpec,
+    check_specs,
+    check_text,
+    library_specs,
+    load_json_bounded,
+    specs_from_seed_prompts,
 )
 from comfy_pipeline.comfyui.session import SessionError
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
 TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")
-JOB_FOR_KIND = {
+JOB_FOR_TEST_TYPE = {
     "connection": "comfyui_connection_job",
     "image": "image_generation_job",
     "video": "video_generation_job",
@@ -55,9 +65,13 @@ PHASES = ("connection", "workflow_load", "upload", "queue_wait", "execution", "d
 # Runs in flight at once: one on the GPU, one queued behind it, one starting up or checking its outputs.
 # COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT=1 runs one test after another (the bench measures both).
 MAX_RUNS_IN_FLIGHT = 3
-# Tests whose image prompts are queued before Dagster loads (the runs feed the queue after that): as many as the
-# circuit breaker's threshold, so a broken server gets no more prompts than the breaker lets fail.
-QUEUE_AHEAD = 3
+# Tests whose image prompts are queued before Dagster loads: as many as the circuit breaker's threshold, so a
+# broken server gets no more prompts than the breaker lets fail. Once a test has passed, the server is known to
+# work and the queue is topped up as tests pass: every image-only test's prompt, and this many pipeline tests
+# ahead (each pipeline test's video goes behind whatever image prompts are queued then: a short lead keeps the
+# pipeline runs from waiting behind the whole check's images).
+QUEUE_AHEAD = THRESHOLD
+STATUS_POLL_S = 0.05  # how often the check asks whether the first prompt queued ahead has ended
 CANCEL_WAIT_S = 15.0  # how long a stopped check waits for its cancelled prompts to leave the server
 QUEUE_AHEAD_ENV = "COMFY_PIPELINE_CHECK_QUEUE_AHEAD"  # 0: none (each run queues its own, as without overlap)
 RUNS_IN_FLIGHT_ENV = "COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT"
@@ -70,7 +84,7 @@ class UsageError(Exception):
 @dataclass
 class Test:
     name: str
-    kind: str  # connection | image | video | pipeline
+    type: str  # connection | image | video | pipeline
     spec: PromptSpec | None = None
     image: Path | None = None
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # chosen ahead: its prompts are queued ahead
@@ -108,7 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds one prompt may take on the server (env TEST_TIMEOUT; default 900)")
     p.add_argument("--output-dir", default=os.environ.get("COMFY_PIPELINE_OUTPUT_DIR", "comfy_outputs"))
     p.add_argument("--prompt", action="append", default=[], help="an image prompt (repeatable)")
-    p.add_argument("--prompts-file", type=Path, help="the seed's prompts.json: image_generation + video_generation lists")
+    p.add_argument("--prompts-file", type=Path,
+                   help="a prompts.json as in the design document: image_generation + video_generation lists")
     p.add_argument("--image", type=Path, help="start image for the video-only test")
     p.add_argument("--seed", type=int)
     p.add_argument("--frames", type=int, help="video length in frames (8n+1)")
@@ -171,25 +186,28 @@ def _run(args: argparse.Namespace) -> int:
             print(backend_note, file=sys.stderr)
         _require_reachable(url)
         own = stack.enter_context(_client(url, read_timeout=30.0))  # pre-flight and queue-ahead: one /object_info
-        problems = preflight_on_server(own, tests, args)
+        problems = preflight_tests(own, tests, args)
         to_run = store.begin([t.name for t in tests], resume=args.resume)
         skipped = len(tests) - len(to_run)
         if skipped:
             print(f"resuming: {skipped} test(s) already finished, {len(to_run)} to go", file=sys.stderr)
         chosen = [t for t in tests if t.name in to_run]
         with sigterm_as_keyboard_interrupt():
+            ahead = AheadQueue(own, chosen, problems, args)
             try:
-                queue_ahead(own, chosen, problems, args)  # the GPU starts now, while Dagster loads
+                ahead.first_tests()  # the GPU starts now, while Dagster loads
                 with _instance() as instance:
-                    results = run_tests(chosen, problems, url, args, instance, store)
+                    results = run_tests(chosen, problems, url, args, instance, store, ahead)
             except KeyboardInterrupt:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleaning up: a second Ctrl-C must not cut it short
-                _cancel_queued_ahead(url, chosen, args)
+                ahead.close()
+                _cancel_queued_ahead(url, chosen, Path(args.output_dir).resolve())
                 done = store.report()["completed"] - skipped
                 print(f"interrupted: {done} test(s) finished and recorded; the runs in flight were stopped and "
                       "their prompts cancelled. Continue with --resume.", file=sys.stderr)
                 raise
-        _cancel_queued_ahead(url, chosen, args)  # tests the breaker kept from starting
+        ahead.close()
+        _cancel_queued_ahead(url, chosen, Path(args.output_dir).resolve())  # tests the breaker kept from starting
     order = {test.name: i for i, test in enumerate(tests)}
     results.sort(key=lambda r: order[r.name])  # the report lists tests as planned, not as they finished
     report_path = _write_report(args, results, store)
@@ -219,25 +237,36 @@ def plan_tests(args: argparse.Namespace) -> list[Test]:
 
 
 def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args: argparse.Namespace,
-              instance: Any, store: CheckpointStore) -> list[TestResult]:
-    """Run `tests` with overlapping runs; each result is checkpointed and printed the moment its run ends."""
+              instance: Any, store: CheckpointStore, ahead: "AheadQueue | None" = None) -> list[TestResult]:
+    """Run `tests` with overlapping runs; each result is checkpointed and printed the moment its run ends.
+    `ahead` queues further tests' prompts ahead as tests pass, and cancels them when the breaker opens."""
     import dagster as dg
 
     output_dir = Path(args.output_dir).resolve()
     results: list[TestResult] = []
 
     def start(test: Test, run_id: str) -> TestResult:
-        print(f"== {test.name} ({test.kind}) ==", file=sys.stderr)
+        print(f"== {test.name} ({test.type}) ==", file=sys.stderr)
         stderr.tag(test.name)  # its progress lines from here on start with its name
-        blocked = [line for kind, line in problems if kind in _WORKFLOW_KINDS[test.kind]]
+        blocked = [line for role, line in problems if role in _WORKFLOW_ROLES[test.type]]
         if blocked:
-            return TestResult(test.name, test.kind, False, 0.0, errors=[blocked[0]])
+            return TestResult(test.name, test.type, False, 0.0, errors=[blocked[0]])
         return run_test(test, url, args, instance, run_id=run_id)
+
+    def launch(test: Test) -> str:  # called in this thread the moment the window starts `test`
+        if ahead is not None:
+            ahead.launched(test)
+        return test.run_id
 
     def finished(test: Test, result: TestResult) -> bool:
         results.append(result)
         store.record(test.name, success=result.success, duration=result.duration, details=_details(result))
         _print_line(result)
+        if ahead is not None:
+            if store.breaker_open:
+                ahead.cancel_waiting(url)  # tests that will not start must not keep the GPU busy meanwhile
+            elif result.success:
+                ahead.top_up()
         return result.success
 
     window: RunWindow[Test, TestResult] = RunWindow(
@@ -252,42 +281,122 @@ def run_tests(tests: list[Test], problems: list[tuple[str, str]], url: str, args
     atexit.register(gc.freeze)
     with tagged_stderr() as stderr:
         outcome = window.run(tests, start, finished, stop=lambda: store.breaker_open,
-                             run_id_of=lambda test: test.run_id)
+                             run_id_of=launch)
     if store.breaker_open:
         _print_breaker(store, outcome)
     return results
 
 
-def queue_ahead(client: ComfyUIClient, tests: list[Test], problems: list[tuple[str, str]],
-                args: argparse.Namespace) -> None:
-    """Queue the image prompts of the first few tests on the server now, before Dagster is even imported,
-    each under a prompt id its test's run adopts (config `prompt_ids`: the client posts nothing for an id the
-    server knows). Loading Dagster and starting the first run take seconds the GPU would otherwise idle. The
-    ids go to each run's ledger first: a check that dies leaves them to be cancelled, like any run's."""
-    from comfy_pipeline.batch.plan import gpu_job
-    from comfy_pipeline.batch.runner import queue_ahead as queue_jobs
+class AheadQueue:
+    """Queues tests' image prompts on the server ahead of their runs, each under a prompt id its test's run
+    adopts (config `prompt_ids`: the client posts nothing for an id the server knows), so the GPU never waits
+    for a run to start. First as many tests' as the circuit breaker lets fail, before Dagster is even imported
+    (loading it and starting the first run take seconds); once the first of those prompts has succeeded on the
+    server, the server is known to work and the rest follow (`top_up`). The ids go to each run's ledger first: a
+    check that dies leaves them to be cancelled, like any run's.
 
-    if any(kind == "image" for kind, _ in problems):
-        return  # the image workflow fails its pre-flight: those tests are not run
-    output_dir = Path(args.output_dir).resolve()
-    workflow = load_workflow(chosen_workflows(args)[0])
-    ahead = [t for t in tests if t.kind in ("image", "pipeline")][:_queue_ahead_count()]
-    if not ahead:
-        return
-    for test in ahead:
-        job = gpu_job("images", 0, test.spec, None, workflow, test.run_id, output_dir, str(uuid.uuid4()))
-        if not queue_jobs(client, [job], ledger.PromptLedger(output_dir, test.run_id), test.client_id):
-            return  # the run will meet the problem itself, and say what it is
-        test.prompt_ids = [job.prompt_id]
+    A watcher thread queues the rest the moment the first prompt succeeds (the first run ends seconds later);
+    the main thread starts runs meanwhile. The lock makes each test either queued ahead before its run starts
+    (the run adopts the id) or left to its run, never both."""
+
+    def __init__(self, client: ComfyUIClient, tests: list[Test], problems: list[tuple[str, str]],
+                 args: argparse.Namespace):
+        self._client = client
+        self._output_dir = Path(args.output_dir).resolve()
+        self._image_workflow = chosen_workflows(args)[0]
+        self._lead = _queue_ahead_count()  # 0: nothing is queued ahead at all
+        blocked = {role for role, _ in problems}
+        # A test whose pre-flight failed is not run: queueing its image would only burn GPU time.
+        self._waiting = [t for t in tests if t.type in ("image", "pipeline")
+                         and not blocked & set(_WORKFLOW_ROLES[t.type])]
+        self._workflow = None
+        self._failed = False  # queueing failed once: the runs meet the problem themselves, and say what it is
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    def first_tests(self) -> None:
+        """As many tests' prompts as the circuit breaker lets fail (nothing is known about the server yet), and
+        a watcher that queues the rest once the first of them has succeeded."""
+        first = self._waiting[:self._lead]
+        self._queue(first)
+        if first and first[0].prompt_ids:
+            threading.Thread(target=self._top_up_after, args=(first[0].prompt_ids[0],), daemon=True,
+                             name="check-queue-ahead").start()
+
+    def top_up(self) -> None:
+        """The server works: queue every image test still waiting, and `lead` pipeline tests ahead."""
+        if self._lead == 0:
+            return
+        with self._lock:
+            pipeline_ahead = sum(1 for t in self._waiting if t.type == "pipeline" and t.prompt_ids)
+            more = []
+            for test in self._waiting:
+                if test.prompt_ids:
+                    continue
+                if test.type == "pipeline":
+                    if pipeline_ahead >= self._lead:
+                        continue
+                    pipeline_ahead += 1
+                more.append(test)
+        self._queue(more)
+
+    def launched(self, test: Test) -> None:
+        """`test`'s run starts now: it adopts what was queued for it, or queues its own prompts."""
+        with self._lock:
+            if test in self._waiting:
+                self._waiting.remove(test)
+
+    def close(self) -> None:
+        """Queue nothing more (the check is ending or stopping); returns once no queueing is under way."""
+        self._closed.set()
+        with self._lock:
+            pass
+
+    def cancel_waiting(self, url: str) -> None:
+        """The tests not started yet will not be (the breaker opened): cancel their prompts now."""
+        self.close()
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        _cancel_queued_ahead(url, waiting, self._output_dir)
+
+    def _top_up_after(self, prompt_id: str) -> None:
+        """Wait for `prompt_id` to end; if it succeeded, top up. Any error: the runs go on as they would."""
+        try:
+            while not self._closed.is_set():
+                if self._client.status(prompt_id) == "done":
+                    self._client.wait(prompt_id, timeout=1.0)  # done: returns, or raises if it failed
+                    self.top_up()
+                    return
+                self._closed.wait(STATUS_POLL_S)
+        except Exception:  # a failed prompt, or a server that stopped answering: its run will say what it is
+            return
+
+    def _queue(self, tests: list[Test]) -> None:
+        from comfy_pipeline.batch.plan import gpu_job
+        from comfy_pipeline.batch.runner import queue_ahead as queue_jobs
+
+        for test in tests:
+            with self._lock:
+                if self._failed or self._closed.is_set() or test not in self._waiting or test.prompt_ids:
+                    continue
+                if self._workflow is None:
+                    self._workflow = load_workflow(self._image_workflow)
+                job = gpu_job("images", 0, test.spec, None, self._workflow, test.run_id, self._output_dir,
+                              str(uuid.uuid4()))
+                if not queue_jobs(self._client, [job], ledger.PromptLedger(self._output_dir, test.run_id),
+                                  test.client_id):
+                    self._failed = True  # the runs meet the problem themselves, and say what it is
+                    return
+                test.prompt_ids = [job.prompt_id]
 
 
-def _cancel_queued_ahead(url: str, tests: list[Test], args: argparse.Namespace) -> None:
+def _cancel_queued_ahead(url: str, tests: list[Test], output_dir: Path) -> None:
     """Tests that never started (the breaker tripped, Ctrl-C) must not leave their prompts on the GPU. (A run
     that started owns its prompts; one that ended has no record left, so this changes nothing for it.)"""
     for test in tests:
         if test.prompt_ids:
             try:
-                _cancel_run(url, Path(args.output_dir).resolve(), test.run_id)
+                _cancel_run(url, output_dir, test.run_id)
             except Exception as exc:  # best effort while stopping; the next run's sweep tries again
                 print(f"could not cancel the prompts queued ahead for {test.name}: {exc}", file=sys.stderr)
 
@@ -320,9 +429,11 @@ def _print_breaker(store: CheckpointStore, outcome: WindowOutcome) -> None:
 
 
 def run_test(test: Test, url: str, args: argparse.Namespace, instance: Any, run_id: str | None = None) -> TestResult:
-    from comfy_pipeline.definitions import defs  # Dagster is imported only when a test actually runs
+    from comfy_pipeline.definitions import (
+        defs,  # Dagster is imported only when a test actually runs
+    )
 
-    job = defs.resolve_job_def(JOB_FOR_KIND[test.kind])
+    job = defs.resolve_job_def(JOB_FOR_TEST_TYPE[test.type])
     started = time.monotonic()
     result = job.execute_in_process(
         run_config=_run_config(test, url, args), instance=instance, raise_on_error=False, run_id=run_id,
@@ -352,45 +463,41 @@ def _wait_until_gone(client: ComfyUIClient, prompt_ids: set[str], timeout: float
         time.sleep(0.1)
 
 
-def _run_config(test: Test, url: str, args: argparse.Namespace) -> dict:
+def _run_config(test: Test, url: str, args: argparse.Namespace) -> Any:
+    """The test's run config, its ops' config built from the assets' own config classes (what the launchpad and
+    the sensors use), so no field is dropped on the way."""
+    import dagster as dg
+
+    from comfy_pipeline.defs.config import ImageConfig, PromptConfig, VideoConfig
+
     # Run config is stored in the run database as it is: never a credential in it. User and password in the
     # URL go to the environment (the resource reads them there), the URL without them to the config.
     comfy = {"url": credentials_to_environment(url), "output_dir": str(Path(args.output_dir).resolve()),
              "prompt_timeout": args.timeout}
     thresholds = {key: getattr(args, key) for key in ("image_min_bytes", "video_min_bytes")
                   if getattr(args, key) is not None}
-    config: dict[str, Any] = {
-        "resources": {"comfy": {"config": comfy}, **({"quality": {"config": thresholds}} if thresholds else {})},
-        "loggers": {"progress": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}},
-        "ops": {},
-    }
     image_workflow, video_workflow = chosen_workflows(args)
-    if test.kind in ("image", "pipeline"):
-        config["ops"]["generated_image"] = {"config": {"workflow": image_workflow}}
+    ops: dict[str, Any] = {}
+    if test.type in ("image", "pipeline"):
+        ops["prompt"] = PromptConfig.from_specs([test.spec])
+        ops["generated_image"] = ImageConfig(workflow=image_workflow, prompt_ids=test.prompt_ids)
         if test.prompt_ids:  # queued ahead: the run adopts them, and hears their progress on its socket
-            config["ops"]["generated_image"]["config"]["prompt_ids"] = test.prompt_ids
             comfy["client_id"] = test.client_id
-    spec = test.spec
-    if test.kind in ("image", "pipeline"):
-        config["ops"]["prompt"] = {"config": {"prompts": [_spec_config(spec)]}}
-    if test.kind == "video":
-        config["ops"]["ltx2_video"] = {
-            "config": {"input_images": [str(test.image)], "motion_prompt": spec.motion_prompt or spec.text,
-                       "seed": spec.seed, "frames": spec.frames, "fps": spec.fps, "workflow": video_workflow}
-        }
-    if test.kind == "pipeline":
-        config["ops"]["ltx2_video"] = {"config": {"workflow": video_workflow}}
-    return config
-
-
-def _spec_config(spec: PromptSpec) -> dict:
-    return {k: v for k, v in spec.to_dict().items() if k != "extra" and v is not None}
+    if test.type == "video":
+        ops["ltx2_video"] = VideoConfig.animate(test.image, test.spec, workflow=video_workflow)
+    if test.type == "pipeline":
+        ops["ltx2_video"] = VideoConfig(workflow=video_workflow)
+    return dg.RunConfig(
+        ops=ops,
+        resources={"comfy": {"config": comfy}, **({"quality": {"config": thresholds}} if thresholds else {})},
+        loggers={"progress": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}},
+    )
 
 
 def _summarise(test: Test, result: Any, duration: float) -> TestResult:
     import dagster as dg
 
-    summary = TestResult(test.name, test.kind, bool(result.success), round(duration, 3), run_id=result.run_id)
+    summary = TestResult(test.name, test.type, bool(result.success), round(duration, 3), run_id=result.run_id)
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
@@ -404,7 +511,7 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
             data = event.step_failure_data
             user = data.user_failure_data
             summary.errors.append(user.description if user and user.description else data.error.message.strip())
-    if test.kind == "connection" and result.success:
+    if test.type == "connection" and result.success:
         found = result.output_for_node("comfyui_connection")
         info = ServerInfo.from_json(found)
         summary.backend = info.backend
@@ -453,7 +560,7 @@ def _specs(args: argparse.Namespace) -> list[PromptSpec]:
 
 
 def _read_prompts_file(path: Path) -> list[PromptSpec]:
-    """The seed's prompts.json: a regular file (a FIFO would block), bounded in size and nesting."""
+    """A prompts.json as in the design document: a regular file (a FIFO would block), bounded in size and depth."""
     where = f"--prompts-file {path}"
     try:
         info = path.stat()
@@ -524,37 +631,34 @@ def credentials_to_environment(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-_WORKFLOW_KINDS = {"connection": (), "image": ("image",), "video": ("video",), "pipeline": ("image", "video")}
+# The workflows (by role: the image one, the video one) each type of test runs.
+_WORKFLOW_ROLES = {"connection": (), "image": ("image",), "video": ("video",), "pipeline": ("image", "video")}
 
 
-def preflight_on_server(client: ComfyUIClient, tests: list[Test], args: argparse.Namespace) -> list[tuple[str, str]]:
+def preflight_tests(client: ComfyUIClient, tests: list[Test], args: argparse.Namespace) -> list[tuple[str, str]]:
     """Pre-flight every workflow the planned tests need against the server, before any GPU time, and print what
     is wrong on the terminal: missing models with their folders, missing nodes, version mismatches. Returns
-    (workflow kind, one-line summary) per workflow that would fail; its tests fail without being run."""
-    from comfy_pipeline.workflows.preflight import preflight
+    (workflow role, one-line summary) per workflow that would fail; its tests fail without being run."""
+    from comfy_pipeline.workflows.preflight import preflight_on_server
 
-    needed = {kind for test in tests for kind in _WORKFLOW_KINDS[test.kind]}
-    if not needed:
-        return []
-    image_name, video_name = chosen_workflows(args)
-    object_info = client.object_info()
-    version = client.version()
-    failing = []
-    for kind, name in (("image", image_name), ("video", video_name)):
-        if kind not in needed:
-            continue
-        workflow = load_workflow(name)
+    needed = {role for test in tests for role in _WORKFLOW_ROLES[test.type]}
+    names = dict(zip(("image", "video"), chosen_workflows(args)))
+    roles, graphs = [], []
+    for role in (r for r in ("image", "video") if r in needed):
+        workflow = load_workflow(names[role])
         values = {"image": "start.png"} if "image" in workflow.params else {}
-        graph = workflow.inject(values, filename_prefix="comfy_pipeline/preflight")
-        report = preflight(graph, object_info, workflow=workflow.name, source=client.url, server_version=version)
-        if report.ok:
-            continue
-        print(f"pre-flight of {workflow.name} on {client.url} failed; its tests are not run:", file=sys.stderr)
+        roles.append(role)
+        graphs.append((workflow.name, workflow.inject(values, filename_prefix="comfy_pipeline/preflight")))
+    if not graphs:
+        return []
+    failing = []
+    for position, report in preflight_on_server(client, graphs).failing:
+        print(f"pre-flight of {report.workflow} on {client.url} failed; its tests are not run:", file=sys.stderr)
         for problem in report.problems:
             print("  " + problem.format().replace("\n", "\n  "), file=sys.stderr)
         counts = ", ".join(f"{k.replace('_', ' ')}: {sum(p.kind == k for p in report.problems)}"
                            for k in dict.fromkeys(p.kind for p in report.problems))
-        failing.append((kind, f"pre-flight of {workflow.name} failed ({counts}); nothing was submitted"))
+        failing.append((roles[position], f"pre-flight of {report.workflow} failed ({counts}); nothing was submitted"))
     return failing
 
 

@@ -6,11 +6,12 @@ opens: the caller stops instead of hammering a broken server. The count starts a
 resumed run gets a fresh chance once the cause has been fixed.
 """
 
-import json
-import os
+import math
 import time
 from pathlib import Path
 
+from comfy_pipeline.batch import outputs
+from comfy_pipeline.batch.breaker import THRESHOLD, Breaker
 from comfy_pipeline.workflows.prompts import load_json_bounded
 
 FORMAT_VERSION = 1
@@ -21,9 +22,8 @@ class CheckpointError(Exception):
 
 
 class CheckpointStore:
-    def __init__(self, path: Path, *, breaker_threshold: int = 3):
-        if breaker_threshold < 1:
-            raise ValueError("breaker_threshold must be at least 1")
+    def __init__(self, path: Path, *, breaker_threshold: int = THRESHOLD):
+        Breaker(threshold=breaker_threshold)  # refuses a threshold below 1
         self.path = Path(path)
         self.breaker_threshold = breaker_threshold
         self._state: dict | None = None  # read lazily: a fresh begin() must not trip over a broken old file
@@ -60,12 +60,13 @@ class CheckpointStore:
         state = self._require_begun()
         if name not in state["tests"]:
             raise CheckpointError(f"test {name!r} is not part of this run ({len(state['tests'])} tests)")
+        breaker = self._breaker().after(name, success=success)  # before the results change: it reads their order
         state["results"].pop(name, None)  # results stay in the order they finished
         state["results"][name] = {
             "success": bool(success), "duration": round(float(duration), 3), "details": details,
             "finished_at": time.time(),
         }
-        state["consecutive_failures"] = 0 if success else state["consecutive_failures"] + 1
+        state["consecutive_failures"] = len(breaker.failures)
         state["updated_at"] = time.time()
         self._write()
 
@@ -75,7 +76,13 @@ class CheckpointStore:
 
     @property
     def breaker_open(self) -> bool:
-        return self.consecutive_failures >= self.breaker_threshold
+        return self._breaker().open
+
+    def _breaker(self) -> Breaker:
+        """The failures since begin() are the last `consecutive_failures` results (kept in the order they ended)."""
+        state = self._loaded()
+        count = state["consecutive_failures"]
+        return Breaker(tuple(list(state["results"])[len(state["results"]) - count:]), self.breaker_threshold)
 
     def report(self) -> dict:
         state = self._loaded()
@@ -159,22 +166,50 @@ class CheckpointStore:
     def _read(self) -> dict:
         try:
             state = load_json_bounded(self.path.read_text(encoding="utf-8"), str(self.path))
-            if not isinstance(state, dict):
-                raise ValueError("not a JSON object")
-            if state.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unknown format version {state.get('version')!r}")
-            tests, results = state["tests"], state["results"]
-            if not isinstance(tests, list) or not isinstance(results, dict):
-                raise ValueError("'tests' must be a list and 'results' an object")
-            int(state["consecutive_failures"])
+            _check_shape(state)
             return state
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"progress file {self.path} is unreadable ({exc}); delete it, or start over without --resume"
             ) from None
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._state, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        outputs.write_json(self.path, self._state, replace=True)
+
+
+def _check_shape(state: object) -> None:
+    """Raise ValueError unless `state` is what `_write` writes: every field the report reads, of its type (a
+    file edited by hand or written by another program must be refused with a reason, not crash the report)."""
+    if not isinstance(state, dict):
+        raise ValueError("not a JSON object")
+    if state.get("version") != FORMAT_VERSION:
+        raise ValueError(f"unknown format version {state.get('version')!r}")
+    for key in ("tests", "results", "consecutive_failures", "started_at"):
+        if key not in state:
+            raise ValueError(f"no {key!r}")
+    tests, results = state["tests"], state["results"]
+    if not isinstance(tests, list) or not all(isinstance(name, str) for name in tests):
+        raise ValueError("'tests' must be a list of test names")
+    if not isinstance(results, dict):
+        raise ValueError("'results' must be an object")
+    failures = state["consecutive_failures"]
+    if isinstance(failures, bool) or not isinstance(failures, int) or not 0 <= failures <= len(results):
+        raise ValueError(f"'consecutive_failures' must be a whole number from 0 to the results' count, "
+                         f"got {failures!r}")
+    if not _is_number(state["started_at"]):
+        raise ValueError("'started_at' must be a time in seconds")
+    for name, result in results.items():
+        if name not in tests:
+            raise ValueError(f"result for {name!r}, which is not one of its tests")
+        if not isinstance(result, dict):
+            raise ValueError(f"result of {name!r} must be an object")
+        if not isinstance(result.get("success"), bool):
+            raise ValueError(f"result of {name!r}: 'success' must be true or false")
+        if not _is_number(result.get("duration")):
+            raise ValueError(f"result of {name!r}: 'duration' must be a number of seconds")
+        if not isinstance(result.get("details"), dict):
+            raise ValueError(f"result of {name!r}: 'details' must be an object")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

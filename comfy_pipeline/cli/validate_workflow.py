@@ -14,7 +14,7 @@ import sys
 from comfy_pipeline import settings
 from comfy_pipeline.comfyui.errors import ComfyUIError
 from comfy_pipeline.comfyui.schema import load_bundled_object_info
-from comfy_pipeline.workflows.preflight import preflight
+from comfy_pipeline.workflows.preflight import preflight, preflight_on_server
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
 
 OFFLINE_SOURCE = "the bundled schema (ComfyUI 0.33.0 with the official models installed)"
@@ -55,20 +55,21 @@ def run(args: argparse.Namespace) -> int:
         choice = None if args.offline else settings.choose_servers(flag=args.comfyui_url)
     except settings.SettingError as exc:
         return _fail(args, str(exc))
-    version = None
     if choice is None or choice.simulator:
-        object_info, source = load_bundled_object_info(), OFFLINE_SOURCE
+        report = preflight(workflow.graph(), load_bundled_object_info(), workflow=workflow.name, source=OFFLINE_SOURCE)
     else:
         try:
             with settings.make_client(choice.urls[0], connect_timeout=5.0, read_timeout=30.0) as client:
-                object_info, source = client.object_info(), client.url
-                version = client.version()
+                if not _has_node_classes(client.object_info()):
+                    return _fail(args, f"{client.url} answered /object_info with no node classes; "
+                                 "is this a ComfyUI server?")
+                # LoadImage's file is not checked: the pipeline uploads the input image right before it submits.
+                report = preflight_on_server(client, [(workflow.name, workflow.graph())]).reports[0]
         except (ComfyUIError, ValueError) as exc:
             return _fail(args, str(exc))
-        if not isinstance(object_info, dict) or not object_info:
-            return _fail(args, f"{source} answered /object_info with no node classes; is this a ComfyUI server?")
-
-    # LoadImage's file is not checked: the pipeline uploads the input image right before it submits.
-    report = preflight(workflow.graph(), object_info, workflow=workflow.name, source=source, server_version=version)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0 if report.ok else 1
+
+
+def _has_node_classes(object_info: object) -> bool:
+    return isinstance(object_info, dict) and bool(object_info)

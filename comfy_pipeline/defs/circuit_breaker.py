@@ -11,7 +11,8 @@ from pathlib import Path
 
 import dagster as dg
 
-THRESHOLD = 3
+from comfy_pipeline.batch.breaker import THRESHOLD, Breaker
+
 PIPELINE_JOB_NAMES = ("image_to_video_job", "image_generation_job", "video_generation_job")
 ASSET_JOB_PREFIX = "__ASSET_JOB"  # what the UI's Materialize button and `dg launch --assets` run
 RESET_FILE = "circuit_breaker_reset"
@@ -41,25 +42,25 @@ def breaker_state(instance: dg.DagsterInstance, output_dir: str | Path) -> Break
     records = instance.get_run_records(
         filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]), limit=200
     )
-    failures: list[str] = []  # root run ids: one per failed piece of work, however often it was retried
-    for record in records:  # newest first
-        run = record.dagster_run
-        if not is_pipeline_job(run.job_name):
-            continue
-        if record.create_timestamp.timestamp() <= reset_at or run.status == dg.DagsterRunStatus.SUCCESS:
-            break
-        root = run.root_run_id or run.run_id
-        if root not in failures:
-            failures.append(root)
-        if len(failures) >= THRESHOLD:
-            return BreakerState(
-                True,
-                tuple(failures),
-                f"Circuit breaker open: the last {THRESHOLD} pipeline runs failed ({', '.join(f[:8] for f in failures)}). "
-                f"Nothing is requested until a run succeeds (launch one by hand once the cause is fixed) "
-                f"or the breaker is reset: `touch {marker}`.",
-            )
-    return BreakerState(False, tuple(failures), "circuit breaker closed")
+    # Newest first; a run made before the last reset ends the history like a success. The root run id is the key:
+    # a run, its retries and its re-executions are one attempt.
+    outcomes = (
+        (record.dagster_run.root_run_id or record.dagster_run.run_id,
+         record.dagster_run.status == dg.DagsterRunStatus.SUCCESS or record.create_timestamp.timestamp() <= reset_at)
+        for record in records if is_pipeline_job(record.dagster_run.job_name)
+    )
+    breaker = Breaker.from_history(outcomes, THRESHOLD)
+    failures = tuple(reversed(breaker.failures))  # newest first, as they are listed
+    if breaker.open:
+        return BreakerState(
+            True,
+            failures,
+            f"Circuit breaker open: the last {THRESHOLD} pipeline runs failed "
+            f"({', '.join(f[:8] for f in failures)}). "
+            f"Nothing is requested until a run succeeds (launch one by hand once the cause is fixed) "
+            f"or the breaker is reset: `touch {marker}`.",
+        )
+    return BreakerState(False, failures, "circuit breaker closed")
 
 
 def is_pipeline_job(job_name: str) -> bool:

@@ -4,6 +4,8 @@ Dagster checks the types; the ranges below are checked by the assets against the
 (`prompts.check_specs`) before anything reaches the server.
 """
 
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
@@ -32,6 +34,11 @@ class PromptSpecConfig(dg.Config):
     def to_spec(self) -> PromptSpec:
         return PromptSpec(**self.model_dump())
 
+    @classmethod
+    def from_spec(cls, spec: PromptSpec) -> "PromptSpecConfig":
+        """The run config of one prompt: every field of the spec (its `extra` provenance stays out of run config)."""
+        return cls(**{k: v for k, v in spec.to_dict().items() if k != "extra" and v is not None})
+
 
 class PromptConfig(dg.Config):
     prompts: list[PromptSpecConfig] = Field(
@@ -39,6 +46,10 @@ class PromptConfig(dg.Config):
         description="The prompts of this run. Empty: the first prompt of the library (all of it with use_library).",
     )
     use_library: bool = Field(default=False, description="Run every prompt of the shipped prompt library.")
+
+    @classmethod
+    def from_specs(cls, specs: list[PromptSpec]) -> "PromptConfig":
+        return cls(prompts=[PromptSpecConfig.from_spec(spec) for spec in specs])
 
 
 class ImageConfig(dg.Config):
@@ -67,3 +78,11 @@ class VideoConfig(dg.Config):
     frames: int = Field(default=121, description="Video length for input_images: 8n+1 from 9 to 257.")
     fps: int = Field(default=25, description="Frame rate for input_images: 1 to 60.")
     prompt_ids: list[str] = _prompt_ids_field("video")
+
+    @classmethod
+    def animate(cls, image: str | Path, spec: PromptSpec, **more: object) -> "VideoConfig":
+        """A video of a local image, with the prompt's motion (its text by default), negative prompt, seed,
+        length and frame rate; `more`: other fields (workflow, prompt_ids)."""
+        negative = {} if spec.negative_prompt is None else {"negative_prompt": spec.negative_prompt}
+        return cls(input_images=[str(image)], motion_prompt=spec.motion_prompt or spec.text, seed=spec.seed,
+                   frames=spec.frames, fps=spec.fps, **negative, **more)

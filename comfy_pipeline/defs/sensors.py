@@ -11,6 +11,7 @@ from comfy_pipeline import settings
 from comfy_pipeline.batch import inbox, ledger, outputs
 from comfy_pipeline.comfyui.redaction import scrub
 from comfy_pipeline.defs.circuit_breaker import breaker_state
+from comfy_pipeline.defs.config import PromptConfig, VideoConfig
 from comfy_pipeline.defs.jobs import image_to_video_job, video_generation_job
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.media import MediaError, probe_image
@@ -41,26 +42,16 @@ def inbox_run_request(prompt_file: Path) -> dg.RunRequest:
                 "PNG, JPEG or WebP image, or remove it to generate the image from the prompt"
             ) from None
         digest.update(image.read_bytes())
-        spec = specs[0]
-        config = {
-            "input_images": [str(image.resolve())],
-            "motion_prompt": spec.motion_prompt or spec.text,
-            "negative_prompt": spec.negative_prompt,
-            "seed": spec.seed,
-            "frames": spec.frames,
-            "fps": spec.fps,
-        }
         return dg.RunRequest(
             run_key=f"inbox-{digest.hexdigest()}",
             job_name=video_generation_job.name,
-            run_config={"ops": {"ltx2_video": {"config": config}}},
+            run_config=dg.RunConfig(ops={"ltx2_video": VideoConfig.animate(image.resolve(), specs[0])}),
             tags=tags,
         )
-    prompts = [{k: v for k, v in s.to_dict().items() if k != "extra"} for s in specs]
     return dg.RunRequest(
         run_key=f"inbox-{digest.hexdigest()}",
         job_name=image_to_video_job.name,
-        run_config={"ops": {"prompt": {"config": {"prompts": prompts}}}},
+        run_config=dg.RunConfig(ops={"prompt": PromptConfig.from_specs(specs)}),
         tags=tags,
     )
 

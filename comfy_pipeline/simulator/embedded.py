@@ -165,6 +165,19 @@ class Simulator:
         """How many requests / prompts each fault kind has hit since the simulator was made."""
         return self._faults.hits()
 
+    def hold_sampling(self) -> None:
+        """Hold the "GPU": from now on a prompt that reaches its first sampler step waits there (interruptible,
+        listed as running) until `release_sampling` lets it on. Tests use it to wait on a state, not on time."""
+        self._call(self._set_permits(0))
+
+    def release_sampling(self, prompts: int | None = None) -> None:
+        """Let `prompts` more prompts sample (in the order they reach it); None: end the hold."""
+        self._call(self._set_permits(prompts, add=prompts is not None))
+
+    async def _set_permits(self, permits: int | None, add: bool = False) -> None:
+        current = self._server.sampling_permits
+        self._server.sampling_permits = (current or 0) + permits if add else permits
+
     def restart(self) -> None:
         """Behave like a server restart: queue, history and cache forgotten, sockets dropped, the running
         prompt abandoned without a history entry."""

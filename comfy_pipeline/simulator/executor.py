@@ -35,6 +35,7 @@ from comfy_pipeline.simulator.values import Images, Latent
 
 CACHE_SIZE = 512
 EAGER_FRAMES = 4  # image batches up to this size are painted at their node; longer ones (video) when saved
+HOLD_POLL_S = 0.01  # how often a held prompt asks whether it may sample now
 
 
 class Interrupted(Exception):
@@ -187,6 +188,7 @@ class RunEnvironment:
     send_binary: Callable[[bytes, str | None], None]
     interrupt_requested: Callable[[], bool]
     on_mid_run: Callable[[RunFaults], Awaitable[None]]  # drop-ws / restart faults fire here
+    sampling_permitted: Callable[[], bool] = lambda: True  # False: held (a test holds the GPU), ask again
 
 
 @dataclass
@@ -198,6 +200,7 @@ class PromptRun:
     executed: list[str] = field(default_factory=list)
     ui_outputs: dict[str, dict] = field(default_factory=dict)
     progress: dict[str, dict] = field(default_factory=dict)
+    sampling_allowed: bool = False  # a prompt takes one sampling permit, at its first sampler step
     success: bool = True
     last_node: str | None = None  # told to a client that reconnects mid-run
 
@@ -379,6 +382,12 @@ class PromptRun:
 
     async def spend_gpu_time(self, node_id: str, steps: int, seconds: float) -> None:
         """Sampler steps: progress + progress_state per step, interruptible at every step like a real sampler."""
+        while not self.sampling_allowed:  # held by a test until it releases this prompt; interruptible meanwhile
+            self.sampling_allowed = self.env.sampling_permitted()
+            if not self.sampling_allowed:
+                await asyncio.sleep(HOLD_POLL_S)
+                if self.env.interrupt_requested():
+                    raise Interrupted()
         for step in range(1, steps + 1):
             await asyncio.sleep(seconds / steps)
             if self.env.interrupt_requested():

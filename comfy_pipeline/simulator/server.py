@@ -84,6 +84,9 @@ class SimServer:
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.interrupt_flag = False
         self.free_memory_requested = False
+        # Prompts that may still start sampling (tests hold the "GPU" and release it prompt by prompt, so they wait
+        # on a condition, not on time); None: no hold.
+        self.sampling_permits: int | None = None
         self.busy: list[tuple[float, float]] = []
         self.started: list[dict] = []  # every prompt the worker started, with the faults drawn for it (kept on restart)
         self.messages: asyncio.Queue | None = None
@@ -282,7 +285,17 @@ class SimServer:
             send_binary=self.send_binary,
             interrupt_requested=lambda: self.interrupt_flag,
             on_mid_run=self.on_mid_run,
+            sampling_permitted=self.take_sampling_permit,
         )
+
+    def take_sampling_permit(self) -> bool:
+        """True (and one permit used) when a prompt may start sampling now; always True without a hold."""
+        if self.sampling_permits is None:
+            return True
+        if self.sampling_permits > 0:
+            self.sampling_permits -= 1
+            return True
+        return False
 
     def draw_prompt_faults(self) -> RunFaults:
         return RunFaults(

@@ -265,3 +265,34 @@ def _as_version_mismatch(problem: Problem, object_info: dict, server_version: st
                    f"which the workflow was made for ({shown})",
                    f"A ComfyUI version mismatch: update ComfyUI on the server to {TARGET_VERSION} or later, or "
                    "use a workflow exported from the server's own version.")
+
+
+@dataclass(frozen=True)
+class ServerPreflight:
+    """Every graph of a piece of work pre-flighted against one server: its /object_info and version (fetched once,
+    for the submits that follow) and one report per graph, in the order given."""
+
+    server: str  # the server's URL, without credentials
+    object_info: dict
+    server_version: str | None
+    reports: tuple[PreflightReport, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(report.ok for report in self.reports)
+
+    @property
+    def failing(self) -> list[tuple[int, PreflightReport]]:
+        """(position in the given graphs, report) of each graph the server would refuse."""
+        return [(i, report) for i, report in enumerate(self.reports) if not report.ok]
+
+
+def preflight_on_server(client: Any, graphs: list[tuple[str, dict]]) -> ServerPreflight:
+    """Pre-flight each (workflow name, API-format graph) against `client`'s server, before any GPU time is spent:
+    the one loop the batch runner, `check` and `validate-workflow` share. `client` is a ComfyUIClient (its
+    /object_info is fetched once per client); its errors (unreachable, a malformed answer) go to the caller."""
+    object_info = client.object_info()
+    version = client.version()
+    reports = tuple(preflight(graph, object_info, workflow=name, source=client.url, server_version=version)
+                    for name, graph in graphs)
+    return ServerPreflight(client.url, object_info, version, reports)
