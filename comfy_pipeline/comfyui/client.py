@@ -532,6 +532,7 @@ class ComfyUIClient:
                             # It ended before a restart wiped the history; running it again would run it twice.
                             self.log.warning("the server forgot prompt %s after it ended (restart?); taking its "
                                              "outcome and outputs from the WebSocket events", prompt_id)
+                            heard = answers.checked("/ws", heard, self.url)
                             return self._result(prompt_id, heard, "websocket", on_progress, workflow)
                         raise PromptLost(prompt_id)
                     if state in ("unknown", "unreachable"):
@@ -577,7 +578,8 @@ class ComfyUIClient:
             return (workflow.get(str(node)) or {}).get("class_type") if node is not None else None
 
         if kind == "execution_cached":
-            return [ProgressEvent(prompt_id, "cached", str(n), class_type=class_of(n)) for n in data.get("nodes") or []]
+            nodes = data.get("nodes") if isinstance(data.get("nodes"), list) else []
+            return [ProgressEvent(prompt_id, "cached", str(n), class_type=class_of(n)) for n in nodes]
         names = {"execution_start": "started", "execution_success": "success", "execution_error": "error",
                  "execution_interrupted": "interrupted"}
         node = data.get("node") if kind in ("executing", "progress", "executed") else data.get("node_id")
