@@ -33,8 +33,6 @@ def _umask() -> int:
 
 FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
 
-CHUNK_BYTES = 1024 * 1024
-
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_EXTENSIONS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v"}
 
