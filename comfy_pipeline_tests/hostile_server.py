@@ -10,7 +10,8 @@ Answer = tuple[int, dict[str, str], bytes] | Callable[[BaseHTTPRequestHandler], 
 
 
 class HostileServer:
-    def __init__(self, answers: dict[str, Answer] | None = None):
+    def __init__(self, answers: dict[str, Answer] | None = None, fallback: Answer = (404, {}, b"not here")):
+        """`fallback` answers every path not in `answers` (a callable can forward it to a real server)."""
         self.answers: dict[str, Answer] = dict(answers or {})
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         server = self
@@ -21,7 +22,7 @@ class HostileServer:
 
             def _answer(self) -> None:
                 server.requests.append((self.command, self.path, dict(self.headers)))
-                answer = server.answers.get(self.path.split("?")[0], (404, {}, b"not here"))
+                answer = server.answers.get(self.path.split("?")[0], fallback)
                 if callable(answer):
                     answer(self)
                     return

@@ -232,6 +232,7 @@ class _Batch:
             for lane in self.lanes:
                 for item in list(lane.in_flight):
                     _cancel_quietly(lane.client, item.result.prompt_id)
+                lane.client.abort_downloads()  # its partial file is deleted now, not left to the next run
             raise
         finally:
             with self.cond:
@@ -451,6 +452,9 @@ def _finish(client: "ComfyUIClient", item: _InFlight, timeouts: tuple[float, flo
             )
         download_started = time.monotonic()
         for index, file in enumerate(files):
+            if stop.is_set():  # the batch is ending: no download may start after its downloads were aborted
+                result.error = BatchInterrupted()
+                return
             suffix = Path(file.filename).suffix.lower()
             name = f"{job.dest_stem}{'' if index == 0 else f'_{index}'}{suffix}"
             result.files.append(client.download(file, job.dest_dir, filename=name))

@@ -7,7 +7,7 @@ uses is declared; anything else a newer server adds is allowed. Pydantic, not Da
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
 from .errors import ProtocolError
 
@@ -38,16 +38,83 @@ class _QueueRemaining(_Open):
     exec_info: _ExecInfo
 
 
+class _FileRef(_Open):
+    filename: str
+    subfolder: str = ""
+    type: str = "output"
+
+
+FILE_KEYS = ("images", "gifs", "videos", "audio")  # the keys output nodes list their files under
+
+
+class _NodeOutput(_Open):
+    """One node's outputs: the file keys hold file references; any other list item that names a `filename` is
+    taken for a file too (see files.outputs), so it must be one."""
+
+    images: list[_FileRef] = []
+    gifs: list[_FileRef] = []
+    videos: list[_FileRef] = []
+    audio: list[_FileRef] = []
+
+    @model_validator(mode="after")
+    def _other_files(self) -> "_NodeOutput":
+        for key, value in (self.model_extra or {}).items():
+            for index, item in enumerate(value if isinstance(value, list) else []):
+                if isinstance(item, dict) and "filename" in item:
+                    _inner(_FILE_REF, item, f"{key}.{index}")
+        return self
+
+
+def _inner(shape: TypeAdapter, value: Any, where: str) -> None:
+    """Check a value the outer model cannot type by itself, naming where it sits (pydantic would not)."""
+    try:
+        shape.validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        inside = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{where}{'.' + inside if inside else ''}: {first['msg']}") from None
+
+
+class _Cached(_Open):
+    nodes: list[str | int] = []
+
+
+class _Failed(_Open):
+    node_id: str | int | None = None
+    node_type: str | None = None
+    exception_type: str | None = None
+    exception_message: str | None = None
+    traceback: list[str] = []
+
+
+class _Interrupted(_Open):
+    node_id: str | int | None = None
+
+
+_MESSAGE_DATA = {"execution_cached": TypeAdapter(_Cached), "execution_error": TypeAdapter(_Failed),
+                 "execution_interrupted": TypeAdapter(_Interrupted)}
+
+
 class _Status(_Open):
     status_str: str | None = None
     completed: bool | None = None
-    messages: list[list[Any]] = []
+    messages: list[tuple[str, dict[str, Any]]] = []  # [event, data] pairs, as the WebSocket sent them
+
+    @model_validator(mode="after")
+    def _message_data(self) -> "_Status":
+        for index, (kind, data) in enumerate(self.messages):
+            if kind in _MESSAGE_DATA:
+                _inner(_MESSAGE_DATA[kind], data, f"messages.{index}.1")
+        return self
 
 
 class _HistoryEntry(_Open):
     prompt: list[Any] = []
-    outputs: dict[str, dict[str, Any]] = {}
-    status: _Status = _Status()
+    outputs: dict[str, _NodeOutput] = {}
+    status: _Status  # ComfyUI has written it since 2023; the outcome of a prompt is read from it
+
+
+_FILE_REF = TypeAdapter(_FileRef)
 
 
 class _PromptAccepted(_Open):
@@ -68,6 +135,7 @@ _SHAPES: dict[str, TypeAdapter] = {
     "/prompt": TypeAdapter(_QueueRemaining),
     "/object_info": TypeAdapter(dict[str, dict[str, Any]]),
     "/history": TypeAdapter(dict[str, _HistoryEntry]),
+    "/ws": TypeAdapter(_HistoryEntry),  # a finished prompt's entry, as pieced together from WebSocket events
     "POST /prompt": TypeAdapter(_PromptAccepted),
     "POST /upload/image": TypeAdapter(_Uploaded),
 }

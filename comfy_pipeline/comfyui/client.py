@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,8 @@ from .files import OutputFile
 from .redaction import redact_url, scrub, scrub_json
 from .rejections import rejection_from_response
 
-GET_RETRY_DELAYS = (0.2, 0.5, 1.0)  # 5xx and resets, idempotent calls only; POST /prompt is never retried
-MIN_DOWNLOAD_RATE = 256 * 1024  # bytes/s: slower than this, a download is given up (see _body_deadline)
+GET_RETRY_DELAYS = deadlines.RETRY_PAUSES  # 5xx and resets, idempotent calls only; POST /prompt is never retried
+MIN_DOWNLOAD_RATE = deadlines.MIN_DOWNLOAD_RATE  # bytes/s: slower than this on average, a download is given up
 SAFETY_CHECK_SECONDS = 2.0  # with a healthy socket, still look at /history this often (sockets die silently)
 TERMINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
 MAX_REMEMBERED = 1000
@@ -181,6 +181,9 @@ class ComfyUIClient:
         self._object_info: dict | None = None
         self._lock = threading.Lock()
         self._submitted: OrderedDict[str, _Submitted] = OrderedDict()
+        self._downloads: set[deadlines.RateFloor] = set()  # under way, for abort_downloads()
+        self._aborted: set[deadlines.RateFloor] = set()
+        self._downloads_lock = threading.Lock()  # not self._lock: that one is held while /object_info comes
 
     def __repr__(self) -> str:
         return f"ComfyUIClient(url={self.url!r}, client_id={self.client_id!r})"
@@ -210,10 +213,12 @@ class ComfyUIClient:
         ServerError; with retry=True (idempotent GETs) 5xx answers and connection resets are retried first."""
         kwargs.setdefault("timeout", (self.connect_timeout, self.read_timeout))
         attempts = len(GET_RETRY_DELAYS) + 1 if retry else 1
+        # A total deadline, not just one per read: a trickling server or proxy cannot hold us forever.
+        total = self.connect_timeout + self.read_timeout
+        began = time.monotonic()
         for attempt in range(attempts):
-            last = attempt == attempts - 1
-            # A total deadline, not just one per read: a trickling server or proxy cannot hold us forever.
-            total = self.connect_timeout + self.read_timeout
+            # Retries start within the first `total` seconds only: the whole call ends within 2 x total + pauses.
+            last = attempt == attempts - 1 or time.monotonic() - began >= total
             try:
                 with deadlines.deadline(total) as limit:
                     response = self._session.request(method, self._base + path, **kwargs)
@@ -250,13 +255,26 @@ class ComfyUIClient:
         if response.status_code >= 500:
             # ComfyUI's generic answer is text/plain "500 Internal Server Error\n\nServer got itself in trouble".
             # Redact first, then cut: a cut made first can leave the start of an echoed token behind.
-            body = self._clean(response.text[:65536])[:300].strip().replace("\n\n", ": ").replace("\n", " ")
+            body = self._clean(self._error_text(response))[:300].strip().replace("\n\n", ": ").replace("\n", " ")
             raise ServerError(
                 f"ComfyUI at {self.url} failed on {method} {path} with HTTP {response.status_code} ({body!r}). "
                 "The request was malformed or the server hit a bug: look at the ComfyUI server log.",
                 status=response.status_code,
             )
         return response
+
+    def _error_text(self, response: requests.Response) -> str:
+        """The start of an error answer's text; a streamed one (GET /view) is read within one read timeout, as
+        its body may trickle as slowly as any other (this keeps a failed download within download_bound)."""
+        if getattr(response, "_content_consumed", True) or response.raw is None:
+            return response.text[:65536]
+        try:
+            with response, deadlines.deadline(self.read_timeout) as limit:
+                limit.note(response.raw.connection)
+                data = response.raw.read(65536, decode_content=True)
+        except (requests.RequestException, OSError, ValueError) as exc:
+            return f"(its text could not be read: {type(exc).__name__})"
+        return "" if limit.expired else data.decode(response.encoding or "utf-8", "replace")
 
     def _json(self, response: requests.Response, what: str) -> Any:
         try:
@@ -531,6 +549,7 @@ class ComfyUIClient:
                             # It ended before a restart wiped the history; running it again would run it twice.
                             self.log.warning("the server forgot prompt %s after it ended (restart?); taking its "
                                              "outcome and outputs from the WebSocket events", prompt_id)
+                            heard = answers.checked("/ws", heard, self.url)
                             return self._result(prompt_id, heard, "websocket", on_progress, workflow)
                         raise PromptLost(prompt_id)
                     if state in ("unknown", "unreachable"):
@@ -576,7 +595,8 @@ class ComfyUIClient:
             return (workflow.get(str(node)) or {}).get("class_type") if node is not None else None
 
         if kind == "execution_cached":
-            return [ProgressEvent(prompt_id, "cached", str(n), class_type=class_of(n)) for n in data.get("nodes") or []]
+            nodes = data.get("nodes") if isinstance(data.get("nodes"), list) else []
+            return [ProgressEvent(prompt_id, "cached", str(n), class_type=class_of(n)) for n in nodes]
         names = {"execution_start": "started", "execution_success": "success", "execution_error": "error",
                  "execution_interrupted": "interrupted"}
         node = data.get("node") if kind in ("executing", "progress", "executed") else data.get("node_id")
@@ -689,49 +709,75 @@ class ComfyUIClient:
             self.log.warning("server stored %s as %s", name, stored)
         return f"{folder}/{stored}" if folder else stored
 
-    def _body_deadline(self, response: requests.Response) -> float:
-        """Seconds a download's body may take in all: its size (Content-Length, else the size limit) at the
-        slowest acceptable rate, plus one read timeout."""
-        length = response.headers.get("Content-Length")
-        size = int(length) if length and length.isdigit() else self.max_download_bytes
-        return self.read_timeout + min(size, self.max_download_bytes) / MIN_DOWNLOAD_RATE
-
     def download(self, file: OutputFile, dest_dir: str | Path, *, filename: str | None = None) -> Path:
         """Stream one output file into dest_dir (1 MiB chunks, temp file, fsync, atomic rename).
 
         The local name is `filename` or the server's name, sanitised to a plain file name (no folders, no
         '..', no leading dot), so nothing is written outside dest_dir. An existing file is never overwritten:
-        the new one becomes name_1.ext, name_2.ext, ... Returns the path written.
+        the new one becomes name_1.ext, name_2.ext, ... Returns the path written. The body must keep up the
+        minimum average rate (see deadlines); abort_downloads() ends it from another thread.
         """
         name = _files.safe_filename(filename or file.filename)
         params = {"filename": file.filename, "subfolder": file.subfolder, "type": file.type}
         source = f"output {file.filename!r} of node {file.node_id}"
         response = self._request("GET", "/view", retry=True, params=params, stream=True)
-        with response, deadlines.deadline(self._body_deadline(response)) as limit:
+        length = response.headers.get("Content-Length")
+        encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+        expected = int(length) if length and length.isdigit() and not encoded else None
+        grace = deadlines.download_grace(self.read_timeout)
+        # A known length also bounds the whole body: one read timeout plus that many bytes at the minimum rate.
+        cap = self.read_timeout + expected / MIN_DOWNLOAD_RATE if expected is not None else float("inf")
+        with response, deadlines.rate_floor(grace, cap=cap) as limit:
             limit.note(response.raw.connection)  # the connection the body arrives on
             if response.status_code != 200:
                 raise DownloadError(f"ComfyUI at {self.url} answered HTTP {response.status_code} for {source} "
                                     f"(subfolder {file.subfolder!r}, type {file.type!r}).")
-            length = response.headers.get("Content-Length")
-            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-            expected = int(length) if length and length.isdigit() and not encoded else None
+            with self._downloads_lock:
+                self._downloads.add(limit)
             try:
                 return _files.save_stream(
-                    response.iter_content(_files.CHUNK_BYTES), dest_dir, name,
+                    self._counted(response.iter_content(deadlines.CHUNK_BYTES), limit), dest_dir, name,
                     expected_bytes=expected, max_bytes=self.max_download_bytes, source=source,
                 )
             except (requests.RequestException, DownloadError) as exc:  # before OSError: requests' are OSErrors
                 if isinstance(exc, DownloadError) and not limit.expired:
                     raise
+                if limit in self._aborted:
+                    raise DownloadError(f"Download of {source} was stopped (the run is ending); the partial file "
+                                        "was deleted.") from None
                 if limit.expired:
-                    raise DownloadError(f"Download of {source} did not finish within {self._body_deadline(response):.0f} s "
-                                        f"(it must arrive at {MIN_DOWNLOAD_RATE // 1024} KiB/s at least); the partial "
-                                        "file was deleted.") from None
+                    raise DownloadError(
+                        f"Download of {source} did not finish within {time.monotonic() - limit.started:.0f} s: it "
+                        f"must average {MIN_DOWNLOAD_RATE // 1024} KiB/s at least after the first {grace:g} s; the "
+                        "partial file was deleted.") from None
                 raise DownloadError(f"Download of {source} broke off ({self._clean(type(exc).__name__)}); "
                                     "the partial file was deleted. Try again.") from None
             except OSError as exc:  # disk full, quota, file size limit, read-only folder
                 raise DownloadError(f"Writing {source} into {dest_dir} failed ({exc.strerror or exc}); "
                                     "the partial file was deleted. Free some space and run again.") from None
+            finally:
+                with self._downloads_lock:
+                    self._downloads.discard(limit)
+                    self._aborted.discard(limit)
+
+    @staticmethod
+    def _counted(chunks: Iterator[bytes], limit: deadlines.RateFloor) -> Iterator[bytes]:
+        """The chunks, counted for the rate floor. A body the floor cut off ends like a whole one when no
+        Content-Length says otherwise (the shut socket reads as the end): it is refused here, before it is kept."""
+        for chunk in chunks:
+            limit.add(len(chunk))
+            yield chunk
+        if limit.expired:
+            raise DownloadError("cut off by its deadline")  # reworded by download()
+
+    def abort_downloads(self) -> None:
+        """End every download of this client that is under way, from any thread: each raises DownloadError
+        and deletes its partial file. For a run that is being interrupted."""
+        with self._downloads_lock:
+            running = list(self._downloads)
+            self._aborted.update(running)
+        for limit in running:
+            limit.expire()
 
 
 def _frames(traceback: object) -> list[str]:

@@ -7,8 +7,10 @@ ComfyUI traps handled here:
 - the names come from the server, so they are sanitised before they touch the local disk.
 """
 
+import atexit
 import os
 import tempfile
+import threading
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,8 +34,6 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
-
-CHUNK_BYTES = 1024 * 1024
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_EXTENSIONS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v"}
@@ -101,6 +101,21 @@ def safe_filename(name: str) -> str:
     return base[:255]
 
 
+_unfinished: set[Path] = set()  # temp files of downloads under way in this process
+_unfinished_lock = threading.Lock()
+
+
+@atexit.register
+def _remove_unfinished() -> None:
+    """An interrupted process (Ctrl-C, a SIGTERM turned into an exception) exits with downloads still running in
+    daemon threads that die with it: their temp files go now, not with the next run. kill -9 leaves them to
+    the next run (batch.outputs.remove_stale_parts)."""
+    with _unfinished_lock:
+        left = list(_unfinished)
+    for tmp in left:
+        tmp.unlink(missing_ok=True)
+
+
 def _free_name(dest_dir: Path, name: str, attempt: int) -> Path:
     if attempt == 0:
         return dest_dir / name
@@ -154,6 +169,8 @@ def save_stream(
     dest.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
     tmp = Path(tmp_name)
+    with _unfinished_lock:
+        _unfinished.add(tmp)
     try:
         written = 0
         with os.fdopen(fd, "wb") as out:
@@ -176,3 +193,6 @@ def save_stream(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        with _unfinished_lock:
+            _unfinished.discard(tmp)
