@@ -82,3 +82,17 @@ def test_the_code_location_is_the_defs_folder_plus_the_shared_resources():
     assert set(defs.resources) == {"comfy", "quality", "io_manager"}
     assert set(defs.loggers) == {"console", "progress"}
     assert defs.resolve_job_def("image_to_video_job").executor_def is dg.in_process_executor
+
+
+def test_the_package_alone_loads_as_an_installed_wheel_would(tmp_path):
+    # A wheel puts the package in site-packages with no pyproject.toml above it (dg.load_from_defs_folder needs one).
+    shutil.copytree(REPO / "comfy_pipeline", tmp_path / "comfy_pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    assert not any((folder / "pyproject.toml").exists() for folder in [tmp_path, *tmp_path.parents])
+    loaded = run(
+        sys.executable, "-c",
+        "import comfy_pipeline; from comfy_pipeline.definitions import defs; print(comfy_pipeline.__file__); "
+        "print(sorted(k.to_user_string() for k in defs.resolve_all_asset_keys()))",
+        cwd=tmp_path,
+    ).stdout.splitlines()
+    assert loaded[0].startswith(str(tmp_path))
+    assert loaded[1] == str(sorted(ASSETS))
