@@ -182,7 +182,7 @@ WORKFLOW_CASES = [
     ("map names a missing node", "missing_node",
      ["parameter map missing_node.params.json", "parameter 'seed' targets node '999', which is not in the workflow"]),
     ("path traversal", "../../etc/passwd", ["contains '..'", "name a workflow inside"]),
-    ("absolute path outside", "/etc/passwd", ["outside the workflows folder"]),
+    ("not a workflow file", "/etc/passwd", ["'/etc/passwd' is not a workflow file", ".params.json"]),
     ("unknown name", "no_such_flow", ["'no_such_flow' not found", "available: ", Z]),
 ]
 

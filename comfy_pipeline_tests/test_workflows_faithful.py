@@ -80,7 +80,7 @@ def test_workflow_is_the_flattened_template(name):
 
 
 def test_flattening_follows_the_frontend_rules():
-    """Spot checks of the rules themselves, from PROTOCOL.md §10/§11, so the helper cannot drift."""
+    """Spot checks of the rules themselves, from docs/PROTOCOL.md §10/§11, so the helper cannot drift."""
     z = flattened_template("z_image_turbo_generation")
     assert "35" not in z and "57" not in z  # the note and the subgraph instance are not nodes of the API graph
     assert z["57:3"]["inputs"]["seed"] == 0 and "control_after_generate" not in z["57:3"]["inputs"]
@@ -111,7 +111,7 @@ def test_workflow_validates_against_the_bundled_schema(name):
 
 @pytest.mark.parametrize("name", sorted(TEMPLATE_OF))
 def test_a_server_without_models_rejects_only_the_model_files(name):
-    """The bar of PROTOCOL.md §11: on a stock 0.33.0 without models, only model files (and LoadImage's
+    """The bar of docs/PROTOCOL.md §11: on a stock 0.33.0 without models, only model files (and LoadImage's
     file) fail."""
     outcome = validate_prompt(load_workflow(name).graph(), object_info_with_models({}), image_exists=lambda n: False)
     kinds = {(node["class_type"], e["type"]) for node in outcome.node_errors.values() for e in node["errors"]}

@@ -1,6 +1,6 @@
 """Test helper: flatten a UI-format ComfyUI workflow (nodes/links, with subgraphs) into API format.
 
-It follows the rules of the frontend's "Export (API)" (frontend 1.49.6, PROTOCOL.md §10), so that the tests
+It follows the rules of the frontend's "Export (API)" (frontend 1.49.6, docs/PROTOCOL.md §10), so that the tests
 can prove that our workflow files are the official templates, flattened:
 * ids are ``[...subgraph instance path, node id].join(":")``;
 * virtual nodes (notes, reroutes) and muted (mode 2) / bypassed (mode 4) nodes are dropped; a consumer of a

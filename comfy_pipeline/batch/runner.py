@@ -42,7 +42,7 @@ RESUBMIT_DELAY_S = 0.5  # after a 5xx on POST /prompt: a proxy or server hiccup,
 
 @dataclass
 class Job:
-    key: str  # stable id within the batch, e.g. "prompt 0"
+    key: str  # stable id within the batch, e.g. "prompt 0" or "video 2" (batch/plan.py)
     workflow: Workflow
     values: dict[str, Any]  # workflow parameter values
     filename_prefix: str  # server-side prefix, unique per run: never a cached or overwritten output

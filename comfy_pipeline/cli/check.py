@@ -52,7 +52,7 @@ from comfy_pipeline.workflows.prompts import (
     specs_from_seed_prompts,
 )
 from comfy_pipeline.comfyui.session import SessionError
-from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
+from comfy_pipeline.workflows.workflow import WorkflowError, admit_user_workflow, load_workflow
 
 TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")
 JOB_FOR_TEST_TYPE = {
@@ -132,8 +132,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", type=Path, help="where progress is kept (default .comfy_pipeline/)")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     p.add_argument("--workflows", metavar="IMAGE[,VIDEO]",
-                   help="the workflows to test with (names in workflows/ or paths), e.g. smoke_image,smoke_video: "
-                   "the model-free pair that tests a deployment before its model files are in place")
+                   help="the workflows to test with: names in the workflows folder(s) (workflows/, or "
+                   "$COMFY_PIPELINE_WORKFLOWS_DIR), or paths to workflow files of your own anywhere, each with its "
+                   ".params.json beside it; e.g. smoke_image,smoke_video: the model-free pair that tests a "
+                   "deployment before its model files are in place")
     p.add_argument("--image-min-bytes", type=_non_negative_int, help="smallest acceptable image (default 10240)")
     p.add_argument("--video-min-bytes", type=_non_negative_int, help="smallest acceptable video (default 102400)")
     p.add_argument("--verbose", action="store_true", help="tracebacks on errors")
@@ -151,11 +153,14 @@ def _non_negative_int(text: str) -> int:
 
 
 def chosen_workflows(args: argparse.Namespace) -> tuple[str, str]:
-    """(image workflow, video workflow) from --workflows; the official ones by default."""
+    """(image workflow, video workflow) from --workflows, the official ones by default, as this check's runs
+    name them in their run config: a file of the user's own outside the workflows folders is admitted for the
+    runs of this process (admit_user_workflow; idempotent)."""
     names = [n.strip() for n in (args.workflows or "").split(",") if n.strip()]
     if len(names) > 2:
         raise UsageError(f"--workflows takes IMAGE[,VIDEO], got {len(names)} names: {args.workflows}")
-    return (names[0] if names else IMAGE_WORKFLOW), (names[1] if len(names) > 1 else VIDEO_WORKFLOW)
+    return (admit_user_workflow(names[0]) if names else IMAGE_WORKFLOW,
+            admit_user_workflow(names[1]) if len(names) > 1 else VIDEO_WORKFLOW)
 
 
 def run(args: argparse.Namespace) -> int:

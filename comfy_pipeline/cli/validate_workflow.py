@@ -1,5 +1,8 @@
 """`comfy-pipeline validate-workflow NAME_OR_PATH [--comfyui-url URL] [--json]`
 
+NAME_OR_PATH is a workflow's name in the workflows folder(s) (workflows/, or the folders $COMFY_PIPELINE_WORKFLOWS_DIR
+lists, separated by ':'), or the path of a workflow file of yours anywhere, its .params.json beside it.
+
 Checks a workflow against a ComfyUI server's /object_info (the first server comfy_pipeline/settings.py chooses:
 --comfyui-url, COMFYUI_URLS, COMFYUI_URL, a running `comfy-pipeline server` session; credentials from
 $COMFYUI_TOKEN or $COMFYUI_USERNAME / $COMFYUI_PASSWORD), or offline against the bundled schema (no server
@@ -15,7 +18,7 @@ from comfy_pipeline import settings
 from comfy_pipeline.comfyui.errors import ComfyUIError
 from comfy_pipeline.comfyui.schema import load_bundled_object_info
 from comfy_pipeline.workflows.preflight import preflight, preflight_on_server
-from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
+from comfy_pipeline.workflows.workflow import WorkflowError, load_user_workflow
 
 OFFLINE_SOURCE = "the bundled schema (ComfyUI 0.33.0 with the official models installed)"
 
@@ -28,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("workflow", metavar="NAME_OR_PATH",
-                        help="a workflow in the workflows folder: its name (z_image_turbo_generation) or path")
+                        help="a workflow's name in the workflows folder(s) (z_image_turbo_generation; workflows/, "
+                        "or $COMFY_PIPELINE_WORKFLOWS_DIR), or the path of any workflow file of yours, with its "
+                        ".params.json beside it")
     parser.add_argument("--comfyui-url", default=None,
                         help="server to check against (default: the first of $COMFYUI_URLS, else $COMFYUI_URL, else "
                         "a running session; without one: the bundled schema)")
@@ -47,7 +52,7 @@ def _fail(args: argparse.Namespace, message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        workflow = load_workflow(args.workflow)
+        workflow = load_user_workflow(args.workflow)
     except (WorkflowError, OSError) as exc:
         return _fail(args, str(exc))
 

@@ -1,6 +1,6 @@
 """ComfyUIClient: submit a workflow to a ComfyUI server, wait for it, fetch its files.
 
-The server's traps this client is built around (details in PROTOCOL.md):
+The server's traps this client is built around (details in docs/PROTOCOL.md):
 - GET /history/{id} is `{}` for pending, running and unknown prompts: "not done" is cross-checked with /queue;
 - the history entry is written after `execution_success`, so only `executing` with `node: null` means done;
 - POST /prompt may answer 200 *and* node_errors (only part of the graph would run): cancelled and raised;

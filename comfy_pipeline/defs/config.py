@@ -10,6 +10,14 @@ import dagster as dg
 from pydantic import Field
 
 from comfy_pipeline.workflows.prompts import IMAGE_WORKFLOW, VIDEO_WORKFLOW, PromptSpec
+from comfy_pipeline.workflows.workflow import ENV_DIR
+
+# Run config is stored and may come from anyone who can launch a run: it names workflows, never arbitrary files.
+WORKFLOWS_FOLDERS = (
+    f"The workflows folders are the project's workflows/, or those ${ENV_DIR} lists (separated by ':'). A file "
+    "elsewhere is refused: copy it into one of them. Only the command line (`comfy-pipeline check --workflows`, "
+    "`validate-workflow`) takes a workflow file from anywhere."
+)
 
 
 def _prompt_ids_field(what: str):
@@ -55,8 +63,8 @@ class PromptConfig(dg.Config):
 class ImageConfig(dg.Config):
     workflow: str = Field(
         default=IMAGE_WORKFLOW,
-        description="The workflow that makes the images: a name in workflows/ (or a path to an API-format JSON "
-        "with its .params.json map). The model-free smoke_image tests a deployment before the models are there.",
+        description="The workflow that makes the images: its name in the workflows folder(s), or a path inside "
+        f"one. The model-free smoke_image tests a deployment before the models are there. {WORKFLOWS_FOLDERS}",
     )
     prompt_ids: list[str] = _prompt_ids_field("prompt")
 
@@ -64,8 +72,8 @@ class ImageConfig(dg.Config):
 class VideoConfig(dg.Config):
     workflow: str = Field(
         default=VIDEO_WORKFLOW,
-        description="The workflow that makes the videos: a name in workflows/ (or a path). The model-free "
-        "smoke_video tests a deployment before the models are there.",
+        description="The workflow that makes the videos: its name in the workflows folder(s), or a path inside "
+        f"one. The model-free smoke_video tests a deployment before the models are there. {WORKFLOWS_FOLDERS}",
     )
     input_images: list[str] = Field(
         default_factory=list,

@@ -227,56 +227,72 @@ def check_filename_prefix(prefix: Any, workflow: str | None = None) -> str:
     return prefix
 
 
-def workflows_dir() -> Path:
-    """$COMFY_PIPELINE_WORKFLOWS_DIR, else the repository's workflows/, else the copy packaged in the wheel."""
-    configured = os.environ.get(ENV_DIR)
+def workflows_dirs() -> list[Path]:
+    """The workflows folders, in lookup order: those $COMFY_PIPELINE_WORKFLOWS_DIR lists (several separated by
+    ':', like PATH), else the repository's workflows/, else the copy packaged in the wheel. Read at each call."""
+    configured = [Path(part) for part in os.environ.get(ENV_DIR, "").split(os.pathsep) if part.strip()]
     if configured:
-        return Path(configured)
+        return configured
     package = Path(__file__).resolve().parents[1]  # comfy_pipeline/
     repo = package.parent / "workflows"
     if repo.is_dir():
-        return repo
-    return package / "_bundled_workflows"
+        return [repo]
+    return [package / "_bundled_workflows"]
+
+
+def workflows_dir() -> Path:
+    """The first workflows folder (see workflows_dirs)."""
+    return workflows_dirs()[0]
 
 
 def list_workflows(directory: Path | None = None) -> list[str]:
-    folder = directory or workflows_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(".json")] for p in folder.glob("*.json") if not p.name.endswith(MAP_SUFFIX))
+    """The workflow names in `directory`, else in every workflows folder."""
+    folders = [directory] if directory is not None else workflows_dirs()
+    names = {p.name[: -len(".json")] for folder in folders if folder.is_dir()
+             for p in folder.glob("*.json") if not p.name.endswith(MAP_SUFFIX)}
+    return sorted(names)
 
 
-def _locate(name_or_path: str | Path, folder: Path) -> Path:
-    """The workflow file for a name or path, which must be inside `folder` (after resolving symlinks)."""
+def _folders_text(roots: list[Path]) -> str:
+    return f" {roots[0]}" if len(roots) == 1 else "s " + ", ".join(str(root) for root in roots)
+
+
+def _locate(name_or_path: str | Path, folders: list[Path]) -> tuple[Path, Path]:
+    """(workflow file, the workflows folder holding it) for a name or path, which must be inside one of `folders`
+    after resolving symlinks. A name is looked up in the folders in order: the first one holding it wins."""
     text = os.fspath(name_or_path)
     if not text or "\x00" in text:
         raise WorkflowError(f"invalid workflow name {text!r}")
     if ".." in Path(text).parts:
-        raise WorkflowError(f"workflow name {text!r} contains '..'; name a workflow inside {folder}")
+        raise WorkflowError(f"workflow name {text!r} contains '..'; name a workflow inside {folders[0]}")
     if text.endswith(MAP_SUFFIX):
         raise WorkflowError(f"{text!r} is a parameter map; name the workflow itself ({text[:-len(MAP_SUFFIX)]}.json)")
     if not text.endswith(".json"):
         text += ".json"
     given = Path(text)
-    # A bare name or a relative path means inside the folder; a path from the current directory works too.
-    candidates = [given] if given.is_absolute() else [folder / given, Path.cwd() / given]
-    root = folder.resolve()
+    # A bare name or a relative path means inside a folder; a path from the current directory works too.
+    candidates = [given] if given.is_absolute() else [*(folder / given for folder in folders), Path.cwd() / given]
+    roots = [folder.resolve() for folder in folders]
+    outside = (
+        f"outside the workflows folder{_folders_text(roots)}; copy it into one, add its folder to {ENV_DIR} "
+        "(several folders separated by ':'), or give its path on the command line (`comfy-pipeline "
+        "validate-workflow`, `check --workflows`), which takes a workflow file wherever it is"
+    )
     for candidate in candidates:
         if not candidate.exists():
             continue
         resolved = candidate.resolve()
-        if not resolved.is_relative_to(root):
-            raise WorkflowError(
-                f"workflow {os.fspath(name_or_path)!r} resolves to {resolved}, outside the workflows folder {root}; "
-                f"copy it into the folder (or set {ENV_DIR})"
-            )
+        root = next((root for root in roots if resolved.is_relative_to(root)), None)
+        if root is None:
+            raise WorkflowError(f"workflow {os.fspath(name_or_path)!r} resolves to {resolved}, {outside}")
         if not resolved.is_file():
             raise WorkflowError(f"workflow {os.fspath(name_or_path)!r} is not a file")
-        return resolved
-    if given.is_absolute() and not Path(os.path.abspath(given)).is_relative_to(root):
-        raise WorkflowError(f"workflow path {text!r} is outside the workflows folder {root}")
-    known = ", ".join(list_workflows(folder)) or "none"
-    raise WorkflowError(f"workflow {os.fspath(name_or_path)!r} not found in {folder}; available: {known}")
+        return resolved, root
+    if given.is_absolute() and not any(Path(os.path.abspath(given)).is_relative_to(root) for root in roots):
+        raise WorkflowError(f"workflow path {text!r} is {outside}")
+    known = ", ".join(sorted({name for folder in folders for name in list_workflows(folder)})) or "none"
+    where = ", ".join(str(folder) for folder in folders)
+    raise WorkflowError(f"workflow {os.fspath(name_or_path)!r} not found in {where}; available: {known}")
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -473,11 +489,14 @@ def _parse_map(raw: Any, graph: dict, map_path: Path) -> tuple[str, str, dict, d
 
 def load_workflow(name_or_path: str | Path, *, directory: Path | None = None) -> Workflow:
     """Load a workflow and its parameter map by name ("z_image_turbo_generation"), file name or path inside
-    the workflows folder. Raises WorkflowError with what to fix."""
-    folder = Path(directory) if directory is not None else workflows_dir()
-    if not folder.is_dir():
-        raise WorkflowError(f"workflows folder {folder} does not exist; create it or set {ENV_DIR}")
-    path = _locate(name_or_path, folder)
+    `directory`, else inside the workflows folders (workflows_dirs): what run config may name. A file elsewhere
+    is refused; a path the user gives on the command line goes through load_user_workflow. Raises WorkflowError
+    with what to fix."""
+    folders = [Path(directory)] if directory is not None else workflows_dirs()
+    for folder in folders:
+        if not folder.is_dir():
+            raise WorkflowError(f"workflows folder {folder} does not exist; create it or set {ENV_DIR}")
+    path, folder = _locate(name_or_path, folders)
     name = path.name[: -len(".json")]
     data = _read(path, "workflow")
     graph = _parse_json(data, path, "workflow")
@@ -488,7 +507,7 @@ def load_workflow(name_or_path: str | Path, *, directory: Path | None = None) ->
             f"workflow {name!r} has no parameter map: create {map_path.name} next to it, naming the injectable "
             "parameters, the output nodes and the filename-prefix input (see the maps of the bundled workflows)"
         )
-    if not map_path.resolve().is_relative_to(folder.resolve()):
+    if not map_path.resolve().is_relative_to(folder):
         raise WorkflowError(f"parameter map {map_path.name} resolves outside the workflows folder {folder}")
     kind, description, params, outputs, prefix = _parse_map(
         _parse_json(_read(map_path, "parameter map"), map_path, "parameter map"), graph, map_path
@@ -504,3 +523,47 @@ def load_workflow(name_or_path: str | Path, *, directory: Path | None = None) ->
         description=description,
         _source=json.dumps(graph, ensure_ascii=False),
     )
+
+
+def _user_file(name_or_path: str | Path) -> Path | None:
+    """The file a command-line argument names as a path (it has a folder part or ends in .json, and exists from
+    the current directory), resolved; None for a bare workflow name."""
+    text = os.fspath(name_or_path)
+    if not text or "\x00" in text or not (os.sep in text or text.endswith(".json")):
+        return None
+    path = Path(text).expanduser()
+    if not path.exists() and not text.endswith(".json"):
+        path = path.with_name(path.name + ".json")
+    return path.resolve() if path.exists() else None
+
+
+def load_user_workflow(name_or_path: str | Path) -> Workflow:
+    """A workflow the user names on the command line: a name in the workflows folders, or the path of a
+    workflow file of their own wherever it is (its .params.json beside it). Only the command line may do this;
+    run config goes through load_workflow, limited to the workflows folders."""
+    path = _user_file(name_or_path)
+    if path is None:
+        return load_workflow(name_or_path)
+    if path.is_dir():
+        raise WorkflowError(f"{os.fspath(name_or_path)!r} is a folder; name a workflow file (.json) in it")
+    if not path.name.endswith(".json") or path.name.endswith(MAP_SUFFIX):
+        raise WorkflowError(
+            f"{os.fspath(name_or_path)!r} is not a workflow file: a workflow is ComfyUI's API-format JSON "
+            f"(name.json) with its parameter map (name{MAP_SUFFIX}) beside it"
+        )
+    return load_workflow(path.name, directory=path.parent)
+
+
+def admit_user_workflow(name_or_path: str | Path) -> str:
+    """For a command that starts Dagster runs in its own process (`comfy-pipeline check`): the run-config value
+    naming a workflow the user gave on the command line. A name stays a name; a file outside the workflows
+    folders becomes its absolute path, and its folder is added after the others to this process's
+    $COMFY_PIPELINE_WORKFLOWS_DIR, so that this process's runs may load it. Other processes are not affected."""
+    workflow = load_user_workflow(name_or_path)  # a file that cannot be loaded fails here, before any run
+    path = _user_file(name_or_path)
+    if path is None:
+        return os.fspath(name_or_path)
+    folders = workflows_dirs()
+    if not any(workflow.path.is_relative_to(folder.resolve()) for folder in folders):
+        os.environ[ENV_DIR] = os.pathsep.join(str(folder) for folder in [*folders, workflow.path.parent])
+    return str(workflow.path)

@@ -25,7 +25,7 @@ MODEL_INPUTS: dict[tuple[str, str], str] = {
     ("LatentUpscaleModelLoader", "model_name"): "latent_upscale_models",
 }
 
-# The files the official Z-Image-Turbo and LTX-2 i2v templates load (PROTOCOL.md section 11).
+# The files the official Z-Image-Turbo and LTX-2 i2v templates load (docs/PROTOCOL.md section 11).
 OFFICIAL_MODELS: dict[str, list[str]] = {
     "checkpoints": ["ltx-2-19b-dev-fp8.safetensors"],
     "diffusion_models": ["z_image_turbo_bf16.safetensors"],
