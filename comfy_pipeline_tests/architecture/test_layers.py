@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "comfy_pipeline"
+from comfy_pipeline_tests.support.helpers import REPO
+
+PACKAGE = REPO / "comfy_pipeline"
 CORE = ("comfyui", "simulator", "media", "workflows", "batch", "data")
 DAGSTER_LAYER = ("defs", "cli", "definitions.py", "__init__.py")
 

@@ -13,8 +13,8 @@ from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.defs.resources import ComfyUIResource, gpu_pool
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
-from comfy_pipeline_tests.conftest import wait_until
-from comfy_pipeline_tests.test_pipeline_jobs import execute, failure_text
+from comfy_pipeline_tests.support.helpers import wait_until
+from comfy_pipeline_tests.support.helpers import execute, failure_text
 
 SMALL = {"width": 256, "height": 256}
 
@@ -91,7 +91,7 @@ def test_a_server_that_stops_answering_hands_its_unstarted_prompts_to_the_other(
 
 
 def test_a_server_down_at_the_start_is_left_out(tmp_path):
-    from comfy_pipeline_tests.conftest import free_port
+    from comfy_pipeline_tests.support.helpers import free_port
 
     with Simulator(data_dir=tmp_path / "a", image_seconds=0.05) as a:
         dead = f"http://127.0.0.1:{free_port()}"

@@ -2,7 +2,6 @@
 no traceback; a dead run's partial downloads are cleaned up; outputs follow the umask; a read-only command
 creates nothing."""
 
-import json
 import os
 import socket
 import subprocess
@@ -11,13 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from comfy_pipeline.batch import outputs
 from comfy_pipeline.comfyui.files import save_stream
 from comfy_pipeline.definitions import defs
-from comfy_pipeline_tests.test_check_cli import check
+from comfy_pipeline_tests.support.helpers import check
 
 
 def cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -4,12 +4,10 @@ checked to be real measurements (finite, positive), never against the targets.""
 import json
 import math
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from comfy_pipeline_tests.support.helpers import BIN
 
-BIN = Path(sys.executable).parent
 FIGURES = {
     "notice_latency_median_ms", "notice_latency_p95_ms", "gpu_utilisation", "job_overhead_s",
     "download_peak_memory_mb", "video_validation_s", "definitions_validate_s",

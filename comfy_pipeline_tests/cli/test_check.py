@@ -12,21 +12,9 @@ import pytest
 from PIL import Image
 
 from comfy_pipeline.simulator import Simulator
+from comfy_pipeline_tests.support.helpers import check, report_of
 
 SMALL = ["--frames", "9"]
-
-
-def check(tmp_path: Path, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_", "TEST_TIMEOUT"))}
-    return subprocess.run(
-        [sys.executable, "-m", "comfy_pipeline.cli", "check", "--state-dir", str(tmp_path / "state"),
-         "--output-dir", str(tmp_path / "out"), *args],
-        cwd=tmp_path, env={**clean, **env}, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def report_of(proc: subprocess.CompletedProcess) -> dict:
-    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ import requests
 from dagster._core.instance.ref import InstanceRef
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.test_check_cli import check, report_of
+from comfy_pipeline_tests.support.helpers import check, report_of
 
 ENV_PREFIXES = ("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_", "TEST_TIMEOUT")
 
 
-def prompts(count: int) -> list[str]:
+def prompt_args(count: int) -> list[str]:
     return [arg for i in range(count) for arg in ("--prompt", f"overlap prompt {i}")]
 
 
@@ -28,7 +28,7 @@ def test_runs_overlap_and_each_test_keeps_its_own_run_outputs_and_checkpoint(tmp
     home = tmp_path / "dagster_home"
     home.mkdir()
     with Simulator(data_dir=tmp_path / "sim", image_seconds=0.4) as sim:
-        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json", *prompts(4),
+        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json", *prompt_args(4),
                      DAGSTER_HOME=str(home))
         started = sim.started_prompts()
     assert proc.returncode == 0, proc.stderr
@@ -56,7 +56,7 @@ def test_runs_overlap_and_each_test_keeps_its_own_run_outputs_and_checkpoint(tmp
 def test_breaker_stops_new_tests_and_says_how_many_never_started(tmp_path):
     with Simulator(data_dir=tmp_path / "sim", image_seconds=0.01) as failing:
         failing.set_fault("execution-error")
-        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", failing.url, "--json", *prompts(6))
+        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", failing.url, "--json", *prompt_args(6))
         ran = len(failing.started_prompts())
         assert proc.returncode == 1
         report = report_of(proc)
@@ -67,7 +67,7 @@ def test_breaker_stops_new_tests_and_says_how_many_never_started(tmp_path):
 
         # Still broken: the resumed check gives the three remaining tests their fresh chance, and no more.
         again = check(tmp_path, "--test-type", "image-only", "--comfyui-url", failing.url, "--json", "--resume",
-                      *prompts(6))
+                      *prompt_args(6))
     assert again.returncode == 1
     assert [t["name"] for t in report_of(again)["tests"]] == ["image-4", "image-5", "image-6"]
     assert report_of(again)["progress"]["pending"] == 0
@@ -76,7 +76,7 @@ def test_breaker_stops_new_tests_and_says_how_many_never_started(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_stops_every_run_cancels_its_prompts_and_resume_finishes(tmp_path, sig):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
-    args = ["--test-type", "image-only", *prompts(5)]
+    args = ["--test-type", "image-only", *prompt_args(5)]
     progress = tmp_path / "state" / "check-progress.json"
     with Simulator(data_dir=tmp_path / "sim", image_seconds=2.0) as sim:
         proc = subprocess.Popen(
@@ -114,7 +114,7 @@ def test_prompts_queued_before_dagster_loads_are_adopted_by_their_runs_and_run_o
     """The first tests' prompts are on the GPU before Dagster is imported; each test's run adopts its own (same
     prompt id, nothing posted twice), downloads its own image and hears its progress on its socket."""
     with Simulator(data_dir=tmp_path / "sim", image_seconds=1.5) as sim:
-        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json", *prompts(4))
+        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json", *prompt_args(4))
         started = sim.started_prompts()
     assert proc.returncode == 0, proc.stderr
     tests = report_of(proc)["tests"]

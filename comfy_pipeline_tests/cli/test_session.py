@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from comfy_pipeline.cli import session as sessions
-from comfy_pipeline_tests.conftest import free_port
+from comfy_pipeline_tests.support.helpers import free_port
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="session process control is POSIX only")
 

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import free_port
+from comfy_pipeline_tests.support.helpers import free_port
 
-REPO_WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 Z = "z_image_turbo_generation"
 
 

@@ -18,7 +18,7 @@ from comfy_pipeline.comfyui import (
     WorkflowValidationError,
 )
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import wait_until
+from comfy_pipeline_tests.support.helpers import wait_until
 
 SEEDS = itertools.count(1)
 SAMPLER_SECONDS = 1.5  # GPU time of a sampler: long enough to catch a prompt while it runs

@@ -2,7 +2,6 @@
 (copied from the captures into fixtures/), file-name sanitising and the streamed atomic writer."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,8 @@ from comfy_pipeline.comfyui import (
     safe_filename,
 )
 from comfy_pipeline.comfyui.files import save_stream
+from comfy_pipeline_tests.support.helpers import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures"
 REJECTIONS = json.loads((FIXTURES / "client_prompt_rejections.json").read_text())["responses"]
 HISTORY = json.loads((FIXTURES / "client_history_entries.json").read_text())["entries"]
 

@@ -4,13 +4,12 @@ written into run config (a user who puts one there is refused)."""
 
 import time
 
-import dagster as dg
 import pytest
 
 from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.comfyui.errors import ServerError
 from comfy_pipeline.definitions import defs
-from comfy_pipeline_tests.hostile_server import HostileServer
+from comfy_pipeline_tests.support.hostile_server import HostileServer
 
 TOKEN = "canary-token-0123456789abcdef"
 

@@ -8,7 +8,7 @@ import pytest
 from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.comfyui.errors import DownloadError, ServerUnreachable
 from comfy_pipeline.comfyui.files import OutputFile
-from comfy_pipeline_tests.hostile_server import HostileServer
+from comfy_pipeline_tests.support.hostile_server import HostileServer
 
 
 def trickle(head: bytes, body: bytes, every: float):

@@ -6,14 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pytest
 import requests
 import yaml
 from dagster._core.instance.ref import InstanceRef
@@ -23,22 +21,16 @@ from comfy_pipeline.definitions import defs
 from comfy_pipeline.media import probe_video
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.simulator.render import generated_image
-from comfy_pipeline_tests.conftest import free_port, wait_until
-from comfy_pipeline_tests.test_pipeline_jobs import check_evaluations, failure_text, items_of, materializations
+from comfy_pipeline_tests.support.helpers import wait_until
+from comfy_pipeline_tests.support.helpers import check_evaluations, failure_text, items_of, materializations
+from comfy_pipeline_tests.support.helpers import dagster_env
+from comfy_pipeline_tests.support.helpers import BIN
 
-BIN = Path(sys.executable).parent
 SMALL = {"width": 256, "height": 256, "frames": 9, "fps": 8}
 
 
 def image_to_video_job():
     return defs.resolve_job_def("image_to_video_job")
-
-
-def dagster_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_"))}
-    env.update({"DAGSTER_HOME": str(home), "COMFY_PIPELINE_STEP_RETRIES": "1", "COMFY_PIPELINE_RETRY_DELAY_S": "0.2"})
-    env.update(extra)
-    return env
 
 
 def open_instance(home: Path) -> dg.DagsterInstance:

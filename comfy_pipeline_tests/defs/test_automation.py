@@ -13,7 +13,7 @@ from comfy_pipeline.definitions import defs
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.defs.schedules import daily_image_to_video_schedule
 from comfy_pipeline.defs.sensors import failure_log_sensor, prompt_inbox_sensor
-from comfy_pipeline_tests.conftest import wait_until
+from comfy_pipeline_tests.support.helpers import wait_until
 
 
 @pytest.fixture

@@ -7,57 +7,11 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from comfy_pipeline.definitions import defs
 from comfy_pipeline.media import probe_video
 from comfy_pipeline.simulator import Simulator
+from comfy_pipeline_tests.support.helpers import check_evaluations, execute, failure_text, items_of, materializations, run_config
 
 SMALL = {"width": 512, "height": 384, "frames": 17, "fps": 24, "seed": 7}
-
-
-def run_config(sim_url: str, out: Path, prompts: list[dict] | None = None, **ops) -> dict:
-    config = {"resources": {"comfy": {"config": {"url": sim_url, "output_dir": str(out)}}}, "ops": dict(ops)}
-    if prompts is not None:
-        config["ops"]["prompt"] = {"config": {"prompts": prompts}}
-    return config
-
-
-def execute(job_name: str, instance, config: dict):
-    return defs.resolve_job_def(job_name).execute_in_process(run_config=config, instance=instance, raise_on_error=False)
-
-
-def items_of(materialization: dg.AssetMaterialization) -> list[dict]:
-    """The outputs a materialization recorded: the metadata points to the JSON listing (it grows with the run)."""
-    return json.loads(Path(materialization.metadata["items_json"].value).read_text())["items"]
-
-
-def materializations(result, asset: str) -> list[dg.AssetMaterialization]:
-    return [
-        e.event_specific_data.materialization
-        for e in result.all_events
-        if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
-        and e.event_specific_data.materialization.asset_key == dg.AssetKey(asset)
-    ]
-
-
-def failure_text(result) -> str:
-    """What the user sees for a failed step: the dg.Failure description, else the error message; a step that
-    was retried first shows its earlier attempts' errors."""
-    texts = []
-    for event in result.all_events:
-        if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY:
-            error = event.event_specific_data.error  # RetryRequestedFromPolicy, caused by the step's Failure
-            while error is not None:
-                texts.append(error.message.strip())
-                error = error.cause
-        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
-            data = event.step_failure_data
-            user = data.user_failure_data
-            texts.append(user.description if user and user.description else data.error.message)
-    return "\n".join(texts)
-
-
-def check_evaluations(result) -> dict[str, bool]:
-    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
 @pytest.fixture

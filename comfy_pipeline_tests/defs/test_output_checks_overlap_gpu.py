@@ -7,7 +7,7 @@ import dagster as dg
 
 from comfy_pipeline.defs import assets
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.test_pipeline_jobs import execute, run_config
+from comfy_pipeline_tests.support.helpers import execute, run_config
 
 SMALL = {"width": 256, "height": 256}
 

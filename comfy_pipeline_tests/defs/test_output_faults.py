@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.test_main_command import BIN, clean_env
-from comfy_pipeline_tests.test_pipeline_jobs import (
+from comfy_pipeline_tests.support.helpers import BIN, clean_env
+from comfy_pipeline_tests.support.helpers import (
     check_evaluations,
     execute,
     failure_text,
 )
-from comfy_pipeline_tests.test_reliability_server import config, files_in, prompts
+from comfy_pipeline_tests.support.helpers import config, files_in, prompts
+from comfy_pipeline_tests.support.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_output_over_the_size_limit_is_refused_without_a_partial_file(instance, 
 DISK_LIMITED_RUN = """
 import json, resource, signal, sys
 from comfy_pipeline.definitions import defs
-from comfy_pipeline_tests.test_pipeline_jobs import failure_text
+from comfy_pipeline_tests.support.helpers import failure_text
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))  # the ~150 KB image will not fit

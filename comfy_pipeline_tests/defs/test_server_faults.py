@@ -8,7 +8,6 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -18,28 +17,18 @@ from PIL import Image
 from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
-from comfy_pipeline_tests.conftest import free_port, wait_until
-from comfy_pipeline_tests.test_check_cli import check
-from comfy_pipeline_tests.test_pipeline_jobs import (
+from comfy_pipeline_tests.support.helpers import free_port, wait_until
+from comfy_pipeline_tests.support.helpers import check
+from comfy_pipeline_tests.support.helpers import (
     execute,
     failure_text,
     items_of,
     materializations,
 )
+from comfy_pipeline_tests.support.helpers import config, files_in, prompts
 
 SMALL = {"width": 512, "height": 384, "seed": 7}
 SMALL_VIDEO = {**SMALL, "frames": 9, "fps": 8}
-
-
-def config(url: str, out: Path, prompts: list[dict], **comfy) -> dict:
-    return {
-        "resources": {"comfy": {"config": {"url": url, "output_dir": str(out), **comfy}}},
-        "ops": {"prompt": {"config": {"prompts": prompts}}},
-    }
-
-
-def prompts(n: int, **extra) -> list[dict]:
-    return [{"text": f"a lighthouse, take {i}", **SMALL, "seed": i, **extra} for i in range(n)]
 
 
 def server_queue(sim: Simulator) -> dict:
@@ -56,10 +45,6 @@ def when_running(sim: Simulator, action) -> threading.Thread:
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
-
-
-def files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def runs_of(sim: Simulator) -> dict[str, int]:

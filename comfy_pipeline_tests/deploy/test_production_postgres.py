@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,13 +30,12 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.scheduler.instigation import TickStatus
 
 from comfy_pipeline.defs.resources import SERVER_TAG, gpu_pool
-from comfy_pipeline_tests.conftest import free_port, wait_until
-from comfy_pipeline_tests.postgres_cluster import PostgresCluster, PostgresUnavailable
-from comfy_pipeline_tests.test_assets_isolation import dagster_env
+from comfy_pipeline_tests.support.helpers import free_port, wait_until
+from comfy_pipeline_tests.support.postgres_cluster import PostgresCluster, PostgresUnavailable
+from comfy_pipeline_tests.support.helpers import dagster_env
+from comfy_pipeline_tests.support.helpers import BIN, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-BIN = Path(sys.executable).parent
 SMALL = {"width": 256, "height": 256, "frames": 9, "fps": 8}
 NO_SERVER = "No ComfyUI server is configured"
 SCHEDULE = "daily_image_to_video_schedule"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from comfy_pipeline.media import MediaError, binaries, probe
-from comfy_pipeline_tests.conftest import ffmpeg_processes_since
+from comfy_pipeline_tests.support.helpers import ffmpeg_processes_since
 
 
 @pytest.fixture

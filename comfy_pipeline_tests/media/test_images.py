@@ -14,7 +14,7 @@ from comfy_pipeline.media import (
     image_preview_markdown,
     probe_image,
 )
-from comfy_pipeline_tests.conftest import decode_data_uri
+from comfy_pipeline_tests.support.helpers import decode_data_uri
 
 CHECK_NAMES = ["format", "file_size", "decodes", "dimensions"]
 

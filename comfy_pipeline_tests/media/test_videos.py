@@ -17,7 +17,7 @@ from comfy_pipeline.media import (
     video_preview_markdown,
 )
 from comfy_pipeline.media import probe as probe_module
-from comfy_pipeline_tests.conftest import decode_data_uri
+from comfy_pipeline_tests.support.helpers import decode_data_uri
 
 CHECK_NAMES = ["format", "file_size", "decodes", "duration", "frame_count", "fps", "dimensions"]
 NOISY = "testsrc2=s=320x240:r=24,noise=alls=40:allf=t"  # noise so that 2 s of video clears 100 KB

@@ -16,8 +16,8 @@ import pytest
 import requests
 import websocket
 from PIL import Image
+from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS
 
-WORKFLOWS = Path(__file__).parents[1] / "workflows"
 
 
 def free_port() -> int:
@@ -64,7 +64,7 @@ def server():
 def test_a_plain_script_runs_a_workflow_like_against_real_comfyui(server: Server, tmp_path: Path) -> None:
     base, client_id = server.url, str(uuid.uuid4())
     assert "simulator" in requests.get(f"{base}/system_stats", timeout=5).json()["devices"][0]["name"]
-    workflow = json.loads((WORKFLOWS / "z_image_turbo_generation.json").read_text())
+    workflow = json.loads((REPO_WORKFLOWS / "z_image_turbo_generation.json").read_text())
     workflow["58"]["inputs"]["value"] = "a red bicycle leaning on a wall"
     workflow["57:13"]["inputs"].update(width=512, height=384)
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.simulator.faults import parse_fault_spec
-from comfy_pipeline_tests.conftest import wait_for_history
-from comfy_pipeline_tests.test_simulator_protocol import (
+from comfy_pipeline_tests.support.helpers import wait_for_history
+from comfy_pipeline_tests.support.helpers import (
     Socket,
     post,
     quick_graph,

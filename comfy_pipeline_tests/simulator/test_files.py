@@ -9,7 +9,7 @@ import requests
 from PIL import Image
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import load_capture, wait_for_history
+from comfy_pipeline_tests.support.helpers import load_capture, wait_for_history
 
 
 def png(color: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> bytes:

@@ -10,82 +10,16 @@ import requests
 import websocket
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import load_capture, wait_for_history
-
-
-class Socket:
-    """A plain websocket-client connection that records every text message."""
-
-    def __init__(self, simulator: Simulator, client_id: str | None = None):
-        query = f"?clientId={client_id}" if client_id else ""
-        self.ws = websocket.create_connection(simulator.url.replace("http", "ws", 1) + "/ws" + query, timeout=15)
-        self.messages: list[dict] = []
-
-    def receive(self) -> dict:
-        while True:
-            frame = self.ws.recv()
-            if frame == "":  # websocket-client's answer to a close frame
-                raise ConnectionError("the server closed the websocket")
-            if isinstance(frame, str):
-                message = json.loads(frame)
-                self.messages.append(message)
-                return message
-
-    def until_done(self, prompt_id: str) -> list[dict]:
-        while True:
-            message = self.receive()
-            if message["type"] == "executing" and message["data"]["node"] is None and message["data"]["prompt_id"] == prompt_id:
-                return self.messages
-
-    def drain(self, seconds: float) -> list[dict]:
-        self.ws.settimeout(seconds)
-        try:
-            while True:
-                self.receive()
-        except websocket.WebSocketTimeoutException:
-            return self.messages
-        finally:
-            self.ws.settimeout(15)
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-def types(messages: list[dict]) -> list[str]:
-    return [message["type"] for message in messages]
+from comfy_pipeline_tests.support.helpers import load_capture, wait_for_history
+from comfy_pipeline_tests.support.helpers import Socket, post, quick_graph, sampler_graph, types
 
 
 def captured_types(capture: dict, key: str = "messages") -> list[str]:
     return [entry["msg"]["type"] for entry in capture[key] if entry["kind"] == "text"]
 
 
-def post(simulator: Simulator, prompt: dict, **extra) -> requests.Response:
-    return requests.post(simulator.url + "/prompt", json={"prompt": prompt, **extra}, timeout=10)
-
-
 def history(simulator: Simulator, prompt_id: str) -> dict:
     return requests.get(f"{simulator.url}/history/{prompt_id}", timeout=10).json()
-
-
-def sampler_graph(prefix: str, seed: int = 1, steps: int = 10) -> dict:
-    """A text-to-image graph: the simulator spends image_seconds in its KSampler, step by step."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "ltx-2-19b-dev-fp8.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prefix, "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
-            "model": ["4", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["5", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
-    }
-
-
-def quick_graph(prefix: str, color: int = 0) -> dict:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": color}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
-    }
 
 
 @pytest.fixture

@@ -5,15 +5,14 @@ whatever the node; the default cache keeps only the most recent prompt's outputs
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import wait_for_history, wait_until
+from comfy_pipeline_tests.support.helpers import FIXTURES, wait_for_history, wait_until
 
-RECORDED = json.loads((Path(__file__).parent / "fixtures" / "real_server" / "node_boundaries_and_cache.json").read_text())
+RECORDED = json.loads((FIXTURES / "real_server" / "node_boundaries_and_cache.json").read_text())
 
 
 def submit(sim: Simulator, graph: dict) -> str:

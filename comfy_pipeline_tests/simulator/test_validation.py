@@ -16,7 +16,7 @@ from comfy_pipeline.comfyui.schema import (
 )
 from comfy_pipeline.comfyui.validation import validate_prompt
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import CAPTURES, load_capture
+from comfy_pipeline_tests.support.helpers import CAPTURES, load_capture
 
 PROMPT_CASES = sorted(path.stem for path in CAPTURES.glob("post_prompt_*.json"))
 # Files the captured server had in its input/output folders.

@@ -14,13 +14,13 @@ from PIL import Image, ImageChops, ImageSequence, ImageStat
 
 from comfy_pipeline.media.binaries import ffmpeg_path, ffprobe_path
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import load_capture, wait_for_history
+from comfy_pipeline_tests.support.helpers import load_capture, wait_for_history
+from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS
 
-WORKFLOWS = Path(__file__).parents[1] / "workflows"
 
 
 def workflow(name: str) -> dict:
-    return json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    return json.loads((REPO_WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def run(simulator: Simulator, prompt: dict) -> dict:

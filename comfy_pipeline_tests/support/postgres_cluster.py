@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from comfy_pipeline_tests.conftest import free_port
+from comfy_pipeline_tests.support.helpers import free_port
 
 INSTALL_HINT = "apt-get install postgresql (then initdb and pg_ctl are in /usr/lib/postgresql/<version>/bin)"
 

@@ -9,7 +9,6 @@ an earlier run's outputs in the same output folder stay byte-identical, no file 
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,8 +24,9 @@ from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.defs.sensors import prompt_inbox_sensor
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import ENV_DIR
+from comfy_pipeline_tests.support.helpers import clean_env
+from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS
 
-REPO_WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 Z = "z_image_turbo_generation"
 
 
@@ -95,11 +95,6 @@ def broken_workflows(folder: Path) -> Path:
     shutil.copytree(REPO_WORKFLOWS, folder)
     (folder / f"{Z}.json").write_text('{"9": {"class_type": "SaveImage",')
     return folder
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_"))}
-    return {**keep, **extra}
 
 
 # --- `comfy-pipeline check` --------------------------------------------------------------------------------
@@ -203,7 +198,7 @@ def test_validate_workflow_cli_rejects(name, expected, bad_workflows):
 # --- Dagster run config ------------------------------------------------------------------------------------
 
 
-def prompts(*items: dict) -> dict:
+def prompt_ops(*items: dict) -> dict:
     return {"prompt": {"config": {"prompts": list(items)}}}
 
 
@@ -213,21 +208,21 @@ def video(*images: str, **config) -> dict:
 
 # id, job, ops config (input images relative to `files`), the step that fails, what its failure says.
 RUN_CONFIG_CASES = [
-    ("empty prompt", "image_to_video_job", prompts({"text": ""}), "prompt", ["Bad prompt in run config: The prompt is empty"]),
-    ("100k prompt", "image_to_video_job", prompts({"text": "a" * 100_000}), "prompt", ["100,000 characters", "limit is 10,000"]),
-    ("control character", "image_to_video_job", prompts({"text": "a\x07b"}), "prompt", ["control character U+0007"]),
-    ("control character in motion prompt", "image_to_video_job", prompts({"text": "x", "motion_prompt": "pan\x00"}), "prompt",
+    ("empty prompt", "image_to_video_job", prompt_ops({"text": ""}), "prompt", ["Bad prompt in run config: The prompt is empty"]),
+    ("100k prompt", "image_to_video_job", prompt_ops({"text": "a" * 100_000}), "prompt", ["100,000 characters", "limit is 10,000"]),
+    ("control character", "image_to_video_job", prompt_ops({"text": "a\x07b"}), "prompt", ["control character U+0007"]),
+    ("control character in motion prompt", "image_to_video_job", prompt_ops({"text": "x", "motion_prompt": "pan\x00"}), "prompt",
      ["The motion prompt contains the control character U+0000"]),
-    ("width 1000", "image_to_video_job", prompts({"text": "x", "width": 1000}), "prompt",
+    ("width 1000", "image_to_video_job", prompt_ops({"text": "x", "width": 1000}), "prompt",
      ["parameter 'width' = 1000", "from 256 to 2048, a multiple of 16", "nearest allowed value is 992"]),
-    ("height 4000", "image_generation_job", prompts({"text": "x", "height": 4000}), "prompt",
+    ("height 4000", "image_generation_job", prompt_ops({"text": "x", "height": 4000}), "prompt",
      ["parameter 'height' = 4000 is above the maximum 2048"]),
     # A wrong video setting used to cost the image's GPU time first; now the prompt step refuses it.
-    ("frames 100", "image_to_video_job", prompts({"text": "x", "frames": 100}), "prompt",
+    ("frames 100", "image_to_video_job", prompt_ops({"text": "x", "frames": 100}), "prompt",
      ["parameter 'frames' = 100", "of the form 8n+1", "nearest allowed value is 97"]),
-    ("fps 0", "image_to_video_job", prompts({"text": "x", "fps": 0}), "prompt", ["parameter 'fps' = 0 is below the minimum 1"]),
-    ("seed -1", "image_to_video_job", prompts({"text": "x", "seed": -1}), "prompt", ["parameter 'seed' = -1 is below the minimum 0"]),
-    ("second of two prompts bad", "image_to_video_job", prompts({"text": "fine"}, {"text": "x", "width": 100}), "prompt",
+    ("fps 0", "image_to_video_job", prompt_ops({"text": "x", "fps": 0}), "prompt", ["parameter 'fps' = 0 is below the minimum 1"]),
+    ("seed -1", "image_to_video_job", prompt_ops({"text": "x", "seed": -1}), "prompt", ["parameter 'seed' = -1 is below the minimum 0"]),
+    ("second of two prompts bad", "image_to_video_job", prompt_ops({"text": "fine"}, {"text": "x", "width": 100}), "prompt",
      ["prompt 1: ", "parameter 'width' = 100 is below the minimum 256"]),
     ("input image missing", "video_generation_job", video("nowhere.png"), "ltx2_video",
      ["input image", "nowhere.png: file not found", "PNG, JPEG or WebP"]),
@@ -274,13 +269,13 @@ def test_run_config_rejects(job, ops, step, expected, guard, earlier, files, ins
 
 # id, job, ops config, what Dagster says (the path and the expected type): refused before a run exists.
 CONFIG_TYPE_CASES = [
-    ("seed as a string", "image_to_video_job", prompts({"text": "x", "seed": "abc"}),
+    ("seed as a string", "image_to_video_job", prompt_ops({"text": "x", "seed": "abc"}),
      ['root:ops:prompt:config:prompts[0]:seed', 'Value "abc"', 'expected type "Int"']),
-    ("width as a string", "image_generation_job", prompts({"text": "x", "width": "wide"}),
+    ("width as a string", "image_generation_job", prompt_ops({"text": "x", "width": "wide"}),
      ['root:ops:prompt:config:prompts[0]:width', 'expected type "Int"']),
     ("input_images not a list", "video_generation_job", {"ltx2_video": {"config": {"input_images": "start.png"}}},
      ["root:ops:ltx2_video:config:input_images must be list"]),
-    ("unknown prompt key", "image_generation_job", prompts({"text": "x", "size": 512}),
+    ("unknown prompt key", "image_generation_job", prompt_ops({"text": "x", "size": 512}),
      ['Received unexpected config entry "size" at path root:ops:prompt:config:prompts[0]']),
 ]
 
@@ -373,7 +368,7 @@ def test_malformed_workflow_json_everywhere(guard, earlier, instance, sensor_ins
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
 
     monkeypatch.setenv(ENV_DIR, str(folder))
-    failures = step_failures(execute("image_to_video_job", guard, earlier[0], prompts({"text": "x"}), instance))
+    failures = step_failures(execute("image_to_video_job", guard, earlier[0], prompt_ops({"text": "x"}), instance))
     assert list(failures) == ["prompt"] and expected in failures["prompt"]
 
     inbox = tmp_path / "out" / "inbox"

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,16 +10,9 @@ import requests
 
 from comfy_pipeline.media import probe_image, probe_video
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import free_port, wait_until
-
-BIN = Path(sys.executable).parent
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_"))}
-    env.update(extra)
-    return env
-
+from comfy_pipeline_tests.support.helpers import free_port, wait_until
+from comfy_pipeline_tests.support.helpers import BIN, clean_env
+from comfy_pipeline_tests.support.helpers import REPO
 
 def test_readme_main_command_runs_the_whole_pipeline_on_a_fresh_machine(tmp_path):
     # README: dagster job execute -m comfy_pipeline -j image_to_video_job   (nothing else set)
@@ -46,11 +38,10 @@ def test_readme_main_command_runs_the_whole_pipeline_on_a_fresh_machine(tmp_path
 
 
 def test_definitions_load_from_workspace_and_module(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    for target in (["-w", str(repo / "workspace.yaml")], ["-m", "comfy_pipeline"]):
+    for target in (["-w", str(REPO / "workspace.yaml")], ["-m", "comfy_pipeline"]):
         proc = subprocess.run(
             [str(BIN / "dagster"), "definitions", "validate", *target],
-            cwd=repo, env=clean_env(), capture_output=True, text=True, timeout=120,
+            cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -101,14 +92,13 @@ def test_readme_run_config_example_is_valid():
     from comfy_pipeline.definitions import defs
     from comfy_pipeline.workflows.prompts import PromptSpec, check_specs
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     (block,) = re.findall(r"```yaml\n# my_prompts.yaml\n(.*?)```", readme, re.S)
     config = yaml.safe_load(block)
     dg.validate_run_config(defs.resolve_job_def("image_to_video_job"), config)
     check_specs([PromptSpec(**p) for p in config["ops"]["prompt"]["config"]["prompts"]])
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_dg(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:

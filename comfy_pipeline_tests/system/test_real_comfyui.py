@@ -9,7 +9,6 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -21,7 +20,7 @@ from comfy_pipeline.media import probe_image, probe_video
 from comfy_pipeline.workflows.compat import adapt_to_server
 from comfy_pipeline.workflows.preflight import preflight
 from comfy_pipeline.workflows.workflow import load_workflow
-from comfy_pipeline_tests.conftest import wait_until
+from comfy_pipeline_tests.support.helpers import wait_until
 
 URL = os.environ.get("COMFYUI_URL")
 pytestmark = [

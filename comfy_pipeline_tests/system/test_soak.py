@@ -13,7 +13,7 @@ import dagster as dg
 import requests
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.test_pipeline_jobs import (
+from comfy_pipeline_tests.support.helpers import (
     execute,
     failure_text,
     items_of,

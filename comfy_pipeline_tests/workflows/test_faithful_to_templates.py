@@ -6,7 +6,6 @@ and every link. The only differences allowed are the deliberate ones listed here
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +15,9 @@ from comfy_pipeline.comfyui.schema import (
 )
 from comfy_pipeline.comfyui.validation import validate_prompt
 from comfy_pipeline.workflows.workflow import load_workflow
-from comfy_pipeline_tests.ui_flatten import flatten, widget_inputs
+from comfy_pipeline_tests.support.ui_flatten import flatten, widget_inputs
+from comfy_pipeline_tests.support.helpers import TEMPLATES
 
-TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 
 Z_IMAGE_PROMPT = ("Latina female with thick wavy hair, harbor boats and pastel houses behind. "
                   "Breezy seaside light, warm tones, cinematic close-up. ")

@@ -15,9 +15,8 @@ from comfy_pipeline.workflows.workflow import (
     load_workflow,
     workflows_dir,
 )
+from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS, TEMPLATES
 
-REPO_WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
-TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 Z = "z_image_turbo_generation"
 LTX = "ltx2_image_to_video"
 
