@@ -128,7 +128,7 @@ def test_prompt_id_must_be_canonical(client):
 def test_submit_without_answer_and_not_queued_says_it_is_safe_to_resubmit(sim, caplog):
     # The server sits on POST /prompt for 1.5 s before reading it; the client stops reading after 0.5 s and
     # hangs up, so the prompt is never queued. (The "queued, but the answer was lost" case is in
-    # test_client_failures.py, with a proxy that swallows the answer.)
+    # comfyui/test_client_failures.py, with a proxy that swallows the answer.)
     with ComfyUIClient(sim.url, read_timeout=0.5) as client:
         client.run(image_workflow("client/warmup", color=98), timeout=20)  # socket up: the fault hits the POST
         sim.set_fault("slow", delay=1.5, count=1)

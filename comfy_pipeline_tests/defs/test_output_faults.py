@@ -71,7 +71,7 @@ def test_unknown_node_names_the_class_and_its_custom_node_pack(instance, sim, tm
 
 
 def test_corrupted_video_fails_its_check_and_is_kept_for_inspection(instance, sim, tmp_path):
-    # The image case is test_pipeline_jobs.py::test_corrupted_image_fails_blocking_check_and_keeps_the_file.
+    # The image case is defs/test_jobs.py::test_corrupted_image_fails_blocking_check_and_keeps_the_file.
     image = tmp_path / "start.png"
     Image.effect_noise((320, 240), 40).convert("RGB").save(image)
     sim.set_fault("corrupt-output", count=1)  # the server truncates the MP4 it wrote to half its size
@@ -92,7 +92,7 @@ def test_corrupted_video_fails_its_check_and_is_kept_for_inspection(instance, si
 
 def test_hostile_output_filename_writes_nothing_outside_the_output_folder(instance, sim, tmp_path):
     # The server names the output "../../image_00_00001_.png" in subfolder "../..". (Names that a server does
-    # serve are cut to a plain file name: test_client_files.py::test_hostile_filenames_never_leave_dest_dir.)
+    # serve are cut to a plain file name: comfyui/test_client_files.py::test_hostile_filenames_never_leave_dest_dir.)
     sim.set_fault("hostile-filename")
     before = set(files_in(tmp_path))
     result = execute("image_generation_job", instance, config(sim.url, tmp_path / "out", prompts(1)))
