@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from comfy_pipeline.batch import outputs
-from comfy_pipeline.comfyui.client import ComfyUIClient
-from comfy_pipeline.batch.runner import BatchInterrupted, Job, run_batch
 from comfy_pipeline.batch.interrupts import interrupt_flag
+from comfy_pipeline.batch.runner import BatchInterrupted, Job, run_batch
+from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
 

@@ -13,8 +13,7 @@ from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.defs.resources import ComfyUIResource, gpu_pool
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
-from comfy_pipeline_tests.support.helpers import wait_until
-from comfy_pipeline_tests.support.helpers import execute, failure_text
+from comfy_pipeline_tests.support.helpers import execute, failure_text, wait_until
 
 SMALL = {"width": 256, "height": 256}
 

@@ -6,6 +6,7 @@ import math
 import subprocess
 
 import pytest
+
 from comfy_pipeline_tests.support.helpers import BIN
 
 FIGURES = {

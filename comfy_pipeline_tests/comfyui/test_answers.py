@@ -8,9 +8,8 @@ import pytest
 from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.comfyui.answers import MAX_OUTPUTS_PER_PROMPT, ProtocolError
 from comfy_pipeline.definitions import defs
+from comfy_pipeline_tests.support.helpers import check, failure_text
 from comfy_pipeline_tests.support.hostile_server import HostileServer
-from comfy_pipeline_tests.support.helpers import check
-from comfy_pipeline_tests.support.helpers import failure_text
 
 
 def json_answer(value) -> tuple[int, dict, bytes]:

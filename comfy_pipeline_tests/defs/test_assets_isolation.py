@@ -21,10 +21,15 @@ from comfy_pipeline.definitions import defs
 from comfy_pipeline.media import probe_video
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.simulator.render import generated_image
-from comfy_pipeline_tests.support.helpers import wait_until
-from comfy_pipeline_tests.support.helpers import check_evaluations, failure_text, items_of, materializations
-from comfy_pipeline_tests.support.helpers import dagster_env
-from comfy_pipeline_tests.support.helpers import BIN
+from comfy_pipeline_tests.support.helpers import (
+    BIN,
+    check_evaluations,
+    dagster_env,
+    failure_text,
+    items_of,
+    materializations,
+    wait_until,
+)
 
 SMALL = {"width": 256, "height": 256, "frames": 9, "fps": 8}
 

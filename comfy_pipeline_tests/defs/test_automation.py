@@ -8,8 +8,8 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from comfy_pipeline.defs import circuit_breaker
 from comfy_pipeline.definitions import defs
+from comfy_pipeline.defs import circuit_breaker
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.defs.schedules import daily_image_to_video_schedule
 from comfy_pipeline.defs.sensors import failure_log_sensor, prompt_inbox_sensor

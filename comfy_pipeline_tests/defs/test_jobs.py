@@ -9,7 +9,14 @@ from PIL import Image
 
 from comfy_pipeline.media import probe_video
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.support.helpers import check_evaluations, execute, failure_text, items_of, materializations, run_config
+from comfy_pipeline_tests.support.helpers import (
+    check_evaluations,
+    execute,
+    failure_text,
+    items_of,
+    materializations,
+    run_config,
+)
 
 SMALL = {"width": 512, "height": 384, "frames": 17, "fps": 24, "seed": 7}
 

@@ -14,15 +14,17 @@ import pytest
 from PIL import Image
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.support.helpers import BIN, clean_env
 from comfy_pipeline_tests.support.helpers import (
+    BIN,
+    REPO,
     check_evaluations,
+    clean_env,
+    config,
     execute,
     failure_text,
+    files_in,
+    prompts,
 )
-from comfy_pipeline_tests.support.helpers import config, files_in, prompts
-from comfy_pipeline_tests.support.helpers import REPO
-
 
 
 @pytest.fixture

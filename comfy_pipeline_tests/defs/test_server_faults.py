@@ -17,15 +17,18 @@ from PIL import Image
 from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
-from comfy_pipeline_tests.support.helpers import free_port, wait_until
-from comfy_pipeline_tests.support.helpers import check
 from comfy_pipeline_tests.support.helpers import (
+    check,
+    config,
     execute,
     failure_text,
+    files_in,
+    free_port,
     items_of,
     materializations,
+    prompts,
+    wait_until,
 )
-from comfy_pipeline_tests.support.helpers import config, files_in, prompts
 
 SMALL = {"width": 512, "height": 384, "seed": 7}
 SMALL_VIDEO = {**SMALL, "frames": 9, "fps": 8}

@@ -30,10 +30,8 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.scheduler.instigation import TickStatus
 
 from comfy_pipeline.defs.resources import SERVER_TAG, gpu_pool
-from comfy_pipeline_tests.support.helpers import free_port, wait_until
+from comfy_pipeline_tests.support.helpers import BIN, REPO, dagster_env, free_port, wait_until
 from comfy_pipeline_tests.support.postgres_cluster import PostgresCluster, PostgresUnavailable
-from comfy_pipeline_tests.support.helpers import dagster_env
-from comfy_pipeline_tests.support.helpers import BIN, REPO
 
 DEPLOY = REPO / "deploy"
 SMALL = {"width": 256, "height": 256, "frames": 9, "fps": 8}

@@ -8,7 +8,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from comfy_pipeline.media.binaries import ffmpeg_path
 from comfy_pipeline.media import (
     MediaError,
     VideoThresholds,
@@ -17,6 +16,7 @@ from comfy_pipeline.media import (
     video_preview_markdown,
 )
 from comfy_pipeline.media import probe as probe_module
+from comfy_pipeline.media.binaries import ffmpeg_path
 from comfy_pipeline_tests.support.helpers import decode_data_uri
 
 CHECK_NAMES = ["format", "file_size", "decodes", "duration", "frame_count", "fps", "dimensions"]

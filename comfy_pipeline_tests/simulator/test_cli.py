@@ -16,8 +16,8 @@ import pytest
 import requests
 import websocket
 from PIL import Image
-from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS
 
+from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS
 
 
 def free_port() -> int:

@@ -10,13 +10,13 @@ from PIL import Image
 
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.simulator.faults import parse_fault_spec
-from comfy_pipeline_tests.support.helpers import wait_for_history
 from comfy_pipeline_tests.support.helpers import (
     Socket,
     post,
     quick_graph,
     sampler_graph,
     types,
+    wait_for_history,
 )
 
 SERVER_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"

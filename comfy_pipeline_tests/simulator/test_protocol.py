@@ -10,8 +10,15 @@ import requests
 import websocket
 
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.support.helpers import load_capture, wait_for_history
-from comfy_pipeline_tests.support.helpers import Socket, post, quick_graph, sampler_graph, types
+from comfy_pipeline_tests.support.helpers import (
+    Socket,
+    load_capture,
+    post,
+    quick_graph,
+    sampler_graph,
+    types,
+    wait_for_history,
+)
 
 
 def captured_types(capture: dict, key: str = "messages") -> list[str]:

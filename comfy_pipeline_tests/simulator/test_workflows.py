@@ -14,9 +14,7 @@ from PIL import Image, ImageChops, ImageSequence, ImageStat
 
 from comfy_pipeline.media.binaries import ffmpeg_path, ffprobe_path
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.support.helpers import load_capture, wait_for_history
-from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS
-
+from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS, load_capture, wait_for_history
 
 
 def workflow(name: str) -> dict:

@@ -24,8 +24,7 @@ from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.defs.sensors import prompt_inbox_sensor
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import ENV_DIR
-from comfy_pipeline_tests.support.helpers import clean_env
-from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS
+from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS, clean_env
 
 Z = "z_image_turbo_generation"
 

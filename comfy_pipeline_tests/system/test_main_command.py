@@ -10,9 +10,8 @@ import requests
 
 from comfy_pipeline.media import probe_image, probe_video
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.support.helpers import free_port, wait_until
-from comfy_pipeline_tests.support.helpers import BIN, clean_env
-from comfy_pipeline_tests.support.helpers import REPO
+from comfy_pipeline_tests.support.helpers import BIN, REPO, clean_env, free_port, wait_until
+
 
 def test_readme_main_command_runs_the_whole_pipeline_on_a_fresh_machine(tmp_path):
     # README: dagster job execute -m comfy_pipeline -j image_to_video_job   (nothing else set)

@@ -14,8 +14,7 @@ from dagster._serdes import serialize_value
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.defs.sensors import failure_log_sensor
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.support.helpers import free_port
-from comfy_pipeline_tests.support.helpers import BIN, clean_env
+from comfy_pipeline_tests.support.helpers import BIN, clean_env, free_port
 
 TOKEN = f"canary-token-{secrets.token_hex(8)}"
 USER = "canary-user"

@@ -15,9 +15,8 @@ from comfy_pipeline.comfyui.schema import (
 )
 from comfy_pipeline.comfyui.validation import validate_prompt
 from comfy_pipeline.workflows.workflow import load_workflow
-from comfy_pipeline_tests.support.ui_flatten import flatten, widget_inputs
 from comfy_pipeline_tests.support.helpers import TEMPLATES
-
+from comfy_pipeline_tests.support.ui_flatten import flatten, widget_inputs
 
 Z_IMAGE_PROMPT = ("Latina female with thick wavy hair, harbor boats and pastel houses behind. "
                   "Breezy seaside light, warm tones, cinematic close-up. ")
