@@ -77,7 +77,8 @@ def test_importing_the_whole_core_loads_no_dagster():
     code = (
         "import importlib, sys\n"
         f"for name in {names!r}: importlib.import_module(name)\n"
-        "print(sorted(m for m in sys.modules if m == 'dagster' or m.startswith(('dagster.', 'dagster_', 'comfy_pipeline.defs', 'comfy_pipeline.cli'))))\n"
+        "print(sorted(m for m in sys.modules if m == 'dagster'"
+        " or m.startswith(('dagster.', 'dagster_', 'comfy_pipeline.defs', 'comfy_pipeline.cli'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout

@@ -69,7 +69,8 @@ def test_stop_cancels_running_and_queued_prompts_and_raises(slow_sim, tmp_path):
         assert time.monotonic() - started < 15  # not the 60 s of simulated GPU time, nor the prompt timeout
 
     deadline = time.monotonic() + 10
-    while (queue := requests.get(f"{slow_sim.url}/queue", timeout=5).json())["queue_running"] and time.monotonic() < deadline:
+    queue_url = f"{slow_sim.url}/queue"
+    while (queue := requests.get(queue_url, timeout=5).json())["queue_running"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert queue == {"queue_running": [], "queue_pending": []}
     history = requests.get(f"{slow_sim.url}/history", timeout=5).json()

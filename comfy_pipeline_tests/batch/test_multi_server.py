@@ -130,8 +130,8 @@ def test_comfyui_urls_come_from_config_or_the_environment(monkeypatch):
 
 
 def test_with_no_server_a_deployment_fails_instead_of_making_placeholders(instance, tmp_path, monkeypatch):
-    """COMFY_PIPELINE_REQUIRE_SERVER=1 marks a deployment, as PostgreSQL storage does (deploy/test_production_postgres.py);
-    the simulator then runs only when chosen by name."""
+    """COMFY_PIPELINE_REQUIRE_SERVER=1 marks a deployment, as PostgreSQL storage does
+    (deploy/test_production_postgres.py); the simulator then runs only when chosen by name."""
     for name in ("COMFYUI_URL", "COMFYUI_URLS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COMFY_PIPELINE_REQUIRE_SERVER", "1")

@@ -32,8 +32,8 @@ def test_connection_only(sim, tmp_path):
 
 
 def test_image_only_with_two_prompts_writes_the_report(sim, tmp_path):
-    # Nothing queued ahead: each run queues its own prompt and hears its progress (cli/test_check_overlapping_runs.py covers
-    # prompts queued ahead).
+    # Nothing queued ahead: each run queues its own prompt and hears its progress
+    # (cli/test_check_overlapping_runs.py covers prompts queued ahead).
     proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", sim.url, "--json",
                  "--prompt", "a red fox", "--prompt", "a blue boat", "--seed", "5",
                  COMFY_PIPELINE_CHECK_QUEUE_AHEAD="0")

@@ -38,7 +38,8 @@ def test_resume_skips_finished_tests_passed_or_failed(tmp_path):
     report = again.report()
     assert (report["completed"], report["passed"], report["failed"], report["pending"]) == (3, 2, 1, 0)
     assert report["status"] == "completed"
-    assert report["tests"][1] == {"name": TESTS[1], "status": "failed", "duration": 2.0, "details": {"error": "timeout"}}
+    failed = {"name": TESTS[1], "status": "failed", "duration": 2.0, "details": {"error": "timeout"}}
+    assert report["tests"][1] == failed
 
     # Without resume, everything runs again and the old results are gone.
     fresh = CheckpointStore(path)
@@ -69,7 +70,8 @@ def test_resume_after_a_killed_run(tmp_path):
 def test_resume_with_other_tests_is_refused(tmp_path):
     path = tmp_path / "check-progress.json"
     CheckpointStore(path).begin(TESTS, resume=False)
-    with pytest.raises(CheckpointError, match=r"cannot resume: the tests differ .* \(new: image: a cat; missing: video: a red fox\)"):
+    differ = r"cannot resume: the tests differ .* \(new: image: a cat; missing: video: a red fox\)"
+    with pytest.raises(CheckpointError, match=differ):
         CheckpointStore(path).begin(TESTS[:2] + ["image: a cat"], resume=True)
     # Same tests in another order are the same run.
     assert CheckpointStore(path).begin(list(reversed(TESTS)), resume=True) == list(reversed(TESTS))
@@ -82,7 +84,8 @@ def test_resume_without_earlier_progress_runs_everything(tmp_path):
 def test_unreadable_progress_file(tmp_path):
     path = tmp_path / "check-progress.json"
     path.write_text("{ not json")
-    with pytest.raises(CheckpointError, match="progress file .* is unreadable .*delete it, or start over without --resume"):
+    unreadable = "progress file .* is unreadable .*delete it, or start over without --resume"
+    with pytest.raises(CheckpointError, match=unreadable):
         CheckpointStore(path).begin(TESTS, resume=True)
     assert CheckpointStore(path).begin(TESTS, resume=False) == TESTS  # a fresh run replaces it
 

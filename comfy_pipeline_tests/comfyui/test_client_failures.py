@@ -36,8 +36,10 @@ def slow_workflow(prefix: str) -> dict:
     Each call gets a new seed, or the server would serve the sampler from its cache in no time."""
     seed = next(SEEDS)
     return {
-        "28": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}},
-        "30": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2", "device": "default"}},
+        "28": {"class_type": "UNETLoader",
+               "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}},
+        "30": {"class_type": "CLIPLoader",
+               "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2", "device": "default"}},
         "29": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
         "27": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["30", 0]}},
         "33": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["27", 0]}},
@@ -52,7 +54,8 @@ def slow_workflow(prefix: str) -> dict:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    with Simulator(data_dir=tmp_path_factory.mktemp("sim_fail"), image_seconds=SAMPLER_SECONDS, video_seconds=SAMPLER_SECONDS) as s:
+    data_dir = tmp_path_factory.mktemp("sim_fail")
+    with Simulator(data_dir=data_dir, image_seconds=SAMPLER_SECONDS, video_seconds=SAMPLER_SECONDS) as s:
         yield s
 
 
@@ -95,7 +98,8 @@ def test_missing_model_file_names_the_folder(client):
     with pytest.raises(WorkflowValidationError) as info:
         client.submit(workflow)
     (error,) = [e for e in info.value.errors if e.node_id == "4"]
-    assert (error.class_type, error.kind, error.input_name) == ("CheckpointLoaderSimple", "value_not_in_list", "ckpt_name")
+    where = (error.class_type, error.kind, error.input_name)
+    assert where == ("CheckpointLoaderSimple", "value_not_in_list", "ckpt_name")
     assert error.message == "model file 'not_there.safetensors' is not in folder 'checkpoints' on the server"
 
 
@@ -105,7 +109,8 @@ def test_missing_model_file_names_the_folder(client):
         (lambda w: w["1"]["inputs"].update(width=99999), "value_bigger_than_max", "bigger than max"),
         (lambda w: w["1"]["inputs"].update(width=0), "value_smaller_than_min", "smaller than min"),
         (lambda w: w["1"]["inputs"].update(width="abc"), "invalid_input_type", "got 'abc'"),
-        (lambda w: w["1"]["inputs"].pop("batch_size"), "required_input_missing", "required input 'batch_size' is missing"),
+        (lambda w: w["1"]["inputs"].pop("batch_size"), "required_input_missing",
+         "required input 'batch_size' is missing"),
         (lambda w: w["2"]["inputs"].update(images=["99", 0]), "exception_during_validation", "check the links"),
     ],
 )
@@ -132,8 +137,10 @@ def test_ui_format_is_refused_before_posting(client):
 def test_partial_acceptance_is_cancelled_and_raised(client):
     blocker = client.submit(slow_workflow("client/blocker"))  # keeps the worker busy: the next one stays pending
     workflow = {**image_workflow("client/partial_ok"),
-                "3": {"class_type": "EmptyImage", "inputs": {"width": 99999, "height": 48, "batch_size": 1, "color": 0}},
-                "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "client/partial_bad"}}}
+                "3": {"class_type": "EmptyImage",
+                      "inputs": {"width": 99999, "height": 48, "batch_size": 1, "color": 0}},
+                "4": {"class_type": "SaveImage",
+                      "inputs": {"images": ["3", 0], "filename_prefix": "client/partial_bad"}}}
     with pytest.raises(WorkflowValidationError) as info:
         client.submit(workflow)
     assert "only part of the workflow was valid" in str(info.value)

@@ -27,7 +27,8 @@ def reject(case: str) -> WorkflowValidationError:
 
 def test_missing_checkpoint_names_file_and_folder():
     err = reject("invalid_checkpoint_not_found")
-    assert [(e.node_id, e.class_type, e.input_name) for e in err.errors] == [("4", "CheckpointLoaderSimple", "ckpt_name")]
+    where = [(e.node_id, e.class_type, e.input_name) for e in err.errors]
+    assert where == [("4", "CheckpointLoaderSimple", "ckpt_name")]
     assert "model file 'sd_xl_base_1.0.safetensors' is not in folder 'checkpoints' on the server" in str(err)
     assert "'t2i'" in str(err)
 
@@ -49,7 +50,9 @@ def test_loader_specific_folders():
             "extra_info": {"input_name": "model_name", "input_config": [[], {}],
                            "received_value": "ltx-2-spatial-upscaler-x2-1.0.safetensors"}}]}}}
     (e,) = node_errors_to_list(body["node_errors"])
-    assert e.message == "model file 'ltx-2-spatial-upscaler-x2-1.0.safetensors' is not in folder 'latent_upscale_models' on the server"
+    assert e.message == (
+        "model file 'ltx-2-spatial-upscaler-x2-1.0.safetensors' is not in folder 'latent_upscale_models' on the server"
+    )
 
 
 def test_unknown_node_type_is_not_installed():
@@ -100,7 +103,9 @@ def test_outputs_per_item_type_and_custom_node_keys():
     (preview,) = outputs(HISTORY["success_previewimage"])
     assert (preview.type, preview.kind, preview.subfolder) == ("temp", "image", "")
     entry = {"outputs": {
-        "7": {"gifs": [{"filename": "AnimateDiff_00001.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4"}]},
+        "7": {"gifs": [
+            {"filename": "AnimateDiff_00001.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4"},
+        ]},
         "8": {"videos": [{"filename": "clip.webm", "subfolder": "v", "type": "output"}]},
         "9": {"audio": [{"filename": "a.flac", "subfolder": "", "type": "output"}], "text": ["not a file"]},
     }}

@@ -18,7 +18,8 @@ from comfy_pipeline.simulator import Simulator
 
 def image_workflow(prefix: str, width: int = 64, height: int = 48, color: int = 0) -> dict:
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1, "color": color}},
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": width, "height": height, "batch_size": 1, "color": color}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
 

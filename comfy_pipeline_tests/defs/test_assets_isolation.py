@@ -296,9 +296,11 @@ def test_the_simulator_warning_appears_once_per_run_and_checks_have_numbers(tmp_
             warnings = [e for e in instance.all_logs(result.run_id) if "backend: simulator" in e.user_message]
             assert len(warnings) == 1
             assert instance.get_run_by_id(result.run_id).tags["comfy_pipeline/backend"] == "simulator"
-            assert check_evaluations(result) == {"image_quality": True, "video_quality": True, "all_outputs_valid": True}
+            passed = {"image_quality": True, "video_quality": True, "all_outputs_valid": True}
+            assert check_evaluations(result) == passed
+            numeric = (dg.IntMetadataValue, dg.FloatMetadataValue)
             for evaluation in result.get_asset_check_evaluations():
-                numbers = {k: v.value for k, v in evaluation.metadata.items() if isinstance(v, (dg.IntMetadataValue, dg.FloatMetadataValue))}
+                numbers = {k: v.value for k, v in evaluation.metadata.items() if isinstance(v, numeric)}
                 assert numbers, f"{evaluation.check_name} has no numeric metadata"
     for spec in defs.resolve_asset_graph().asset_check_keys:
         assert defs.resolve_asset_graph().get_check_spec(spec).description, spec

@@ -176,7 +176,8 @@ def test_failure_sensor_covers_ui_materializations_and_cancels_what_the_run_left
     run = instance.get_run_by_id(failed.run_id)
     assert run.job_name.startswith("__ASSET_JOB") and run.status == dg.DagsterRunStatus.FAILURE
     with Simulator(data_dir=tmp_path / "sim", image_seconds=60) as sim, ComfyUIClient(sim.url) as client:
-        graph = load_workflow("z_image_turbo_generation").inject({"prompt": "left behind", "width": 256, "height": 256}, filename_prefix="comfy_pipeline/test/left")
+        graph = load_workflow("z_image_turbo_generation").inject(
+            {"prompt": "left behind", "width": 256, "height": 256}, filename_prefix="comfy_pipeline/test/left")
         ledger = PromptLedger(out, run.run_id)  # as a run whose worker was killed leaves it
         ledger.record("0b7c9d2e-1111-4a4a-8888-000000000001", client.url)
         client.submit(graph, prompt_id="0b7c9d2e-1111-4a4a-8888-000000000001")

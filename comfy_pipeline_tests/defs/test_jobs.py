@@ -29,7 +29,10 @@ def sim(tmp_path):
 
 def test_image_to_video_job_produces_validated_outputs_with_metadata_and_lineage(sim, tmp_path):
     out = tmp_path / "out"
-    prompts = [{"text": "a red fox in snow", **SMALL}, {"text": "a lighthouse at dusk", "motion_prompt": "slow zoom", **SMALL, "seed": 8}]
+    prompts = [
+        {"text": "a red fox in snow", **SMALL},
+        {"text": "a lighthouse at dusk", "motion_prompt": "slow zoom", **SMALL, "seed": 8},
+    ]
     with dg.instance_for_test() as instance:
         result = execute("image_to_video_job", instance, run_config(sim.url, out, prompts))
         assert result.success, [e.message for e in result.all_events if e.is_failure]
@@ -82,7 +85,8 @@ def test_corrupted_image_fails_blocking_check_and_keeps_the_file(sim, tmp_path):
     out = tmp_path / "out"
     sim.set_fault("corrupt-output", count=1)
     with dg.instance_for_test() as instance:
-        result = execute("image_to_video_job", instance, run_config(sim.url, out, [{"text": "a broken picture", **SMALL}]))
+        config = run_config(sim.url, out, [{"text": "a broken picture", **SMALL}])
+        result = execute("image_to_video_job", instance, config)
         assert not result.success
         checks = check_evaluations(result)
         assert checks["image_quality"] is False
@@ -94,7 +98,8 @@ def test_corrupted_image_fails_blocking_check_and_keeps_the_file(sim, tmp_path):
 def test_video_generation_job_from_an_input_image(sim, tmp_path):
     image = tmp_path / "start.png"
     Image.effect_noise((640, 480), 60).convert("RGB").save(image)
-    config = run_config(sim.url, tmp_path / "out", ltx2_video={"config": {"input_images": [str(image)], "motion_prompt": "pan left", "frames": 9, "fps": 8}})
+    video = {"input_images": [str(image)], "motion_prompt": "pan left", "frames": 9, "fps": 8}
+    config = run_config(sim.url, tmp_path / "out", ltx2_video={"config": video})
     with dg.instance_for_test() as instance:
         result = execute("video_generation_job", instance, config)
         assert result.success, [e.message for e in result.all_events if e.is_failure]
@@ -145,7 +150,8 @@ def test_one_failed_prompt_costs_only_itself(sim, tmp_path):
         result = execute("image_to_video_job", instance, run_config(sim.url, tmp_path / "out", prompts))
         assert not result.success  # ... but only after everything good was made and reported
         text = failure_text(result)
-        assert "1 prompt(s) failed" in text and "prompt 0 ('the unlucky one')" in text and "node 57:3 (KSampler)" in text
+        assert "1 prompt(s) failed" in text and "prompt 0 ('the unlucky one')" in text
+        assert "node 57:3 (KSampler)" in text
         (images,) = materializations(result, "generated_image")
         assert [i["prompt"] for i in items_of(images)] == ["the lucky one", "the other lucky one"]
         assert images.metadata["failed_prompts"].value == 1

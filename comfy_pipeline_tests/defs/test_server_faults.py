@@ -269,8 +269,8 @@ def test_execution_error_names_node_class_and_message(instance, sim, tmp_path):
     sim.set_fault("execution-error", count=1)
     result = execute("image_generation_job", instance, config(sim.url, tmp_path / "out", prompts(1)))
     assert not result.success
-    assert re.search(r"prompt 0 \('a lighthouse, take 0'\): ComfyUI prompt [0-9a-f-]{36} failed in node 57:3 \(KSampler\): "
-                     r"RuntimeError: CUDA error: an illegal memory access", failure_text(result))
+    assert re.search(r"prompt 0 \('a lighthouse, take 0'\): ComfyUI prompt [0-9a-f-]{36} failed in node 57:3 "
+                     r"\(KSampler\): RuntimeError: CUDA error: an illegal memory access", failure_text(result))
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
     metadata = failure.step_failure_data.user_failure_data.metadata
     assert metadata["comfyui_node"].value == "57:3 (KSampler)"

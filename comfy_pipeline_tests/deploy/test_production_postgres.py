@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import psutil
@@ -89,7 +90,8 @@ def test_compose_services_run_files_and_modules_that_exist_with_the_instance_env
     for sources, destination in dockerfile_copies():
         for source in sources:
             assert (REPO / source).exists(), f"deploy/Dockerfile copies {source}, which does not exist"
-            copied[f"{destination.rstrip('/')}/{Path(source).name}" if destination.endswith("/") else destination] = source
+            target = f"{destination.rstrip('/')}/{Path(source).name}" if destination.endswith("/") else destination
+            copied[target] = source
     workspace_in_image = f"{CONTAINER_HOME}/workspace.yaml"
     assert copied.get(f"{CONTAINER_HOME}/dagster.yaml") == "deploy/dagster.yaml"
     assert copied.get(workspace_in_image) == "deploy/workspace.yaml"
@@ -118,7 +120,8 @@ def test_compose_services_run_files_and_modules_that_exist_with_the_instance_env
     for name, service in dagster_services.items():
         assert shutil.which(service["command"][0], path=str(BIN)), f"{name}: {service['command'][0]} is not installed"
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
-        assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+        build = service["build"]
+        assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
 
     # Every Dagster process gets exactly the variables deploy/dagster.yaml reads, the password from the
     # environment (never a literal), and the Postgres service is the host.
@@ -156,7 +159,8 @@ def test_no_secret_is_baked_into_the_image_or_written_in_the_files():
     for name, service in compose()["services"].items():
         for variable, value in service["environment"].items():
             if re.search("PASSWORD|TOKEN", variable):
-                assert re.fullmatch(r"\$\{[A-Z_]+(:[?-][^}]*)?\}", str(value)), f"{name}: {variable} must come from the environment"
+                from_env = re.fullmatch(r"\$\{[A-Z_]+(:[?-][^}]*)?\}", str(value))
+                assert from_env, f"{name}: {variable} must come from the environment"
 
 
 def test_the_local_instance_file_is_the_deployment_one_on_sqlite(tmp_path):
@@ -260,7 +264,7 @@ def set_pool_limit(env: dict, pool: str, limit: int = 1) -> None:
 def quiet_timezone() -> str:
     """A timezone in which the next minutes stay on one day, so that every tick of the test is for one date."""
     for name in ("UTC", "Asia/Tokyo", "America/New_York"):
-        local = datetime.now(timezone.utc).astimezone(__import__("zoneinfo").ZoneInfo(name))
+        local = datetime.now(timezone.utc).astimezone(ZoneInfo(name))
         if 1 <= local.hour <= 22:
             return name
     return "UTC"
@@ -309,9 +313,11 @@ def deployment(cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactor
         command[command.index("-p") + 1] = str(grpc_port)
         code_server = Process("code-server", command, root, env, root)
         processes.append(code_server)
-        health = [part if part != "4000" else str(grpc_port) for part in services["code-server"]["healthcheck"]["test"][1:]]
+        probe = services["code-server"]["healthcheck"]["test"][1:]
+        health = [part if part != "4000" else str(grpc_port) for part in probe]
         healthy = lambda: subprocess.run(health, env=env, capture_output=True, timeout=30).returncode == 0  # noqa: E731
-        assert wait_until(lambda: not code_server.alive() or healthy(), timeout=90) and code_server.alive(), code_server.tail()
+        assert wait_until(lambda: not code_server.alive() or healthy(), timeout=90), code_server.tail()
+        assert code_server.alive(), code_server.tail()
 
         # The daemon with deploy/workspace.yaml, its host and port mapped to the code server above.
         workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
@@ -323,7 +329,9 @@ def deployment(cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactor
 
         instance = open_instance(home, db_env)
         wanted = {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"}
-        assert wait_until(lambda: not daemon.alive() or wanted <= set(instance.get_daemon_heartbeats()), timeout=90), daemon.tail()
+        assert wait_until(
+            lambda: not daemon.alive() or wanted <= set(instance.get_daemon_heartbeats()), timeout=90
+        ), daemon.tail()
         assert daemon.alive(), daemon.tail()
         yield Deployment(env, home, out, home / "workspace.yaml", simulator_url, tz, instance, processes)
         instance.dispose()
@@ -368,7 +376,9 @@ def wait_for_run(dep: Deployment, run_id: str, timeout: float = 150) -> dg.Dagst
         run = dep.instance.get_run_by_id(run_id)
         return run is not None and run.status in TERMINAL
 
-    assert wait_until(done, timeout=timeout), f"run {run_id} is {dep.instance.get_run_by_id(run_id).status}\n{tails(dep)}"
+    assert wait_until(done, timeout=timeout), (
+        f"run {run_id} is {dep.instance.get_run_by_id(run_id).status}\n{tails(dep)}"
+    )
     return dep.instance.get_run_by_id(run_id)
 
 
@@ -377,7 +387,7 @@ def tails(dep: Deployment) -> str:
 
 
 def event_times(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
-    """The first timestamp of each event type of a run: ENQUEUED, STARTING (the daemon launched it), START, SUCCESS..."""
+    """The first timestamp of each event type of a run: ENQUEUED, STARTING (the daemon launched it), START, ..."""
     times = {}
     for record in instance.get_records_for_run(run_id, limit=10_000).records:
         event = record.event_log_entry
@@ -487,7 +497,8 @@ def test_two_runs_against_one_server_take_turns_in_the_queue(deployment: Deploym
     def both_done():
         runs = [instance.get_run_by_id(first), instance.get_run_by_id(second)]
         statuses = {run.status for run in runs}
-        if dg.DagsterRunStatus.QUEUED in statuses and statuses & {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}:
+        started = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
+        if dg.DagsterRunStatus.QUEUED in statuses and statuses & started:
             seen_waiting.append(time.time())
         return all(run.status in TERMINAL for run in runs)
 
@@ -519,9 +530,12 @@ def test_no_server_on_a_postgres_instance_fails_and_the_simulator_on_purpose_suc
     outs = {"none": tmp_path / "out_none", "simulator": tmp_path / "out_simulator"}
     extra = {"none": {}, "simulator": {"COMFYUI_URL": "simulator"}}
     set_pool_limit(dagster_env(home, **db_env), gpu_pool("simulator"))  # both runs share the embedded pool
-    procs = {case: subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env=dagster_env(home, **db_env, COMFY_PIPELINE_OUTPUT_DIR=str(outs[case]), **extra[case]))
-             for case in outs}
+    procs = {
+        case: subprocess.Popen(
+            command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dagster_env(home, **db_env, COMFY_PIPELINE_OUTPUT_DIR=str(outs[case]), **extra[case]))
+        for case in outs
+    }
     logs = {case: proc.communicate(timeout=240)[0] for case, proc in procs.items()}
     assert db_env["DAGSTER_POSTGRES_PASSWORD"] not in logs["none"] + logs["simulator"]
 
@@ -554,9 +568,11 @@ def test_the_schedule_makes_one_run_per_day_however_often_it_ticks(deployment: D
         found = instance.get_ticks(state.instigator_origin_id, state.selector_id)
         return [t for t in found if t.status in (TickStatus.SUCCESS, TickStatus.SKIPPED)]
 
-    assert wait_until(lambda: len(ticks()) >= 2, timeout=200), (instance.get_ticks(state.instigator_origin_id, state.selector_id), tails(deployment))
+    assert wait_until(lambda: len(ticks()) >= 2, timeout=200), (
+        instance.get_ticks(state.instigator_origin_id, state.selector_id), tails(deployment))
     runs = instance.get_runs(dg.RunsFilter(tags={"dagster/schedule_name": SCHEDULE}))
-    days = {t.timestamp and datetime.fromtimestamp(t.timestamp, __import__("zoneinfo").ZoneInfo(deployment.timezone)).date() for t in ticks()}
+    zone = ZoneInfo(deployment.timezone)
+    days = {t.timestamp and datetime.fromtimestamp(t.timestamp, zone).date() for t in ticks()}
     assert len(days) == 1, days
     assert len(runs) == 1, [(r.run_id, r.tags.get("dagster/run_key")) for r in runs]
     (run,) = runs

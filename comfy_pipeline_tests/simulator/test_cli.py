@@ -55,7 +55,8 @@ class Server:
 @pytest.fixture
 def server():
     running = Server()
-    assert running.url in running.banner, running.process.stderr.read() if running.process.poll() is not None else running.banner
+    exited = running.process.poll() is not None
+    assert running.url in running.banner, running.process.stderr.read() if exited else running.banner
     yield running
     if running.process.poll() is None:
         running.stop()
@@ -70,7 +71,8 @@ def test_a_plain_script_runs_a_workflow_like_against_real_comfyui(server: Server
 
     ws = websocket.WebSocket()
     ws.connect(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}", timeout=20)
-    prompt_id = requests.post(f"{base}/prompt", json={"prompt": workflow, "client_id": client_id}, timeout=10).json()["prompt_id"]
+    reply = requests.post(f"{base}/prompt", json={"prompt": workflow, "client_id": client_id}, timeout=10)
+    prompt_id = reply.json()["prompt_id"]
     seen, progress = [], 0
     while True:
         message = ws.recv()
@@ -79,7 +81,8 @@ def test_a_plain_script_runs_a_workflow_like_against_real_comfyui(server: Server
         message = json.loads(message)
         seen.append(message["type"])
         progress += message["type"] == "progress"
-        if message["type"] == "executing" and message["data"]["node"] is None and message["data"]["prompt_id"] == prompt_id:
+        data = message["data"]
+        if message["type"] == "executing" and data["node"] is None and data["prompt_id"] == prompt_id:
             break
     ws.close()
     assert seen[0] == "status" and "execution_success" in seen and progress == 8  # KSampler's 8 steps

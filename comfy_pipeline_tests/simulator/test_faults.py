@@ -82,7 +82,8 @@ def test_slow_delays_responses(simulator: Simulator) -> None:
 
 def test_corrupt_output_truncates_the_written_file(simulator: Simulator) -> None:
     simulator.set_fault("corrupt-output", count=1)
-    graph = quick_graph("fault/corrupt") | {"1": {"class_type": "EmptyImage", "inputs": {"width": 256, "height": 256, "batch_size": 1, "color": 0x336699}}}
+    big = {"width": 256, "height": 256, "batch_size": 1, "color": 0x336699}
+    graph = quick_graph("fault/corrupt") | {"1": {"class_type": "EmptyImage", "inputs": big}}
     entry = wait_for_history(simulator, post(simulator, graph).json()["prompt_id"])
     assert entry["status"]["status_str"] == "success"  # the server does not notice; the client must
     ref = entry["outputs"]["2"]["images"][0]
@@ -116,8 +117,9 @@ def test_fault_specs_are_checked() -> None:
 def test_token_and_basic_auth_guard_every_route_and_the_websocket(tmp_path) -> None:
     with Simulator(data_dir=tmp_path / "a", token="t0ken", username="ann", password="pw") as simulator:
         assert requests.get(simulator.url + "/system_stats", timeout=5).status_code == 401
-        assert requests.get(simulator.url + "/api/queue", headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 401
-        assert requests.get(simulator.url + "/queue", headers={"Authorization": "Bearer t0ken"}, timeout=5).status_code == 200
+        wrong, right = {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer t0ken"}
+        assert requests.get(simulator.url + "/api/queue", headers=wrong, timeout=5).status_code == 401
+        assert requests.get(simulator.url + "/queue", headers=right, timeout=5).status_code == 200
         assert requests.get(simulator.url + "/queue", auth=("ann", "pw"), timeout=5).status_code == 200
         assert requests.get(simulator.url + "/queue", auth=("ann", "nope"), timeout=5).status_code == 401
         ws_url = simulator.url.replace("http", "ws", 1) + "/ws?clientId=x"

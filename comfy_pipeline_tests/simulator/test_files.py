@@ -19,23 +19,37 @@ def png(color: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> bytes:
 
 
 def upload(simulator: Simulator, name: str, data: bytes, field: str = "image", **fields: str) -> requests.Response:
-    return requests.post(simulator.url + "/upload/image", files={field: (name, data, "image/png")}, data=fields, timeout=10)
+    files = {field: (name, data, "image/png")}
+    return requests.post(simulator.url + "/upload/image", files=files, data=fields, timeout=10)
+
+
+def captured_body(name: str) -> dict:
+    return load_capture(name)["response"]["body"]
+
+
+def view(simulator: Simulator, path: str = "/view", **params: str) -> requests.Response:
+    return requests.get(simulator.url + path, params=params, timeout=5)
+
+
+LOADED = {"filename": "loaded_00001_.png", "subfolder": "ref"}  # the output the view tests read
 
 
 def test_upload_names_dedupe_and_overwrite(simulator: Simulator) -> None:
     red, blue = png((255, 0, 0)), png((0, 0, 255))
-    assert upload(simulator, "ref_upload.png", red).json() == load_capture("post_upload_image_basic")["response"]["body"]
+    assert upload(simulator, "ref_upload.png", red).json() == captured_body("post_upload_image_basic")
     # Same name, same bytes: found by hash, not written again.
     before = (simulator.input_dir / "ref_upload.png").stat().st_mtime_ns
-    assert upload(simulator, "ref_upload.png", red).json() == load_capture("post_upload_image_same_name_same_bytes")["response"]["body"]
+    assert upload(simulator, "ref_upload.png", red).json() == captured_body("post_upload_image_same_name_same_bytes")
     assert (simulator.input_dir / "ref_upload.png").stat().st_mtime_ns == before
     # Same name, other bytes: renamed, the first file untouched.
-    assert upload(simulator, "ref_upload.png", blue).json() == load_capture("post_upload_image_same_name_different_bytes")["response"]["body"]
+    renamed = captured_body("post_upload_image_same_name_different_bytes")
+    assert upload(simulator, "ref_upload.png", blue).json() == renamed
     assert (simulator.input_dir / "ref_upload.png").read_bytes() == red
     assert (simulator.input_dir / "ref_upload (1).png").read_bytes() == blue
     assert upload(simulator, "ref_upload.png", png((0, 255, 0))).json()["name"] == "ref_upload (2).png"
     # overwrite=true replaces in place and keeps the name.
-    assert upload(simulator, "ref_upload.png", blue, overwrite="true").json() == load_capture("post_upload_image_overwrite_true")["response"]["body"]
+    replaced = captured_body("post_upload_image_overwrite_true")
+    assert upload(simulator, "ref_upload.png", blue, overwrite="true").json() == replaced
     assert (simulator.input_dir / "ref_upload.png").read_bytes() == blue
     assert not list(simulator.input_dir.glob(".*partial"))  # written atomically, nothing left behind
 
@@ -51,7 +65,8 @@ def test_upload_folders_and_content_are_not_checked(case: str, simulator: Simula
     data = b"hello" if name.endswith(".txt") else png((1, 2, 3))
     reply = upload(simulator, name, data, **fields)
     assert (reply.status_code, reply.json()) == (200, capture["response"]["body"])
-    folder = {"input": simulator.input_dir, "temp": simulator.temp_dir, "output": simulator.output_dir}[reply.json()["type"]]
+    folders = {"input": simulator.input_dir, "temp": simulator.temp_dir, "output": simulator.output_dir}
+    folder = folders[reply.json()["type"]]
     assert (folder / reply.json()["subfolder"] / name).read_bytes() == data
 
 
@@ -73,7 +88,7 @@ def test_view_serves_the_file_with_the_captured_headers(simulator: Simulator) ->
     data = png((10, 20, 30))
     (simulator.output_dir / "ref").mkdir()
     (simulator.output_dir / "ref" / "loaded_00001_.png").write_bytes(data)
-    reply = requests.get(simulator.url + "/view", params={"filename": "loaded_00001_.png", "subfolder": "ref", "type": "output"}, timeout=5)
+    reply = view(simulator, **LOADED, type="output")
     captured = load_capture("get_view_output_png")["response"]["headers"]
     assert reply.status_code == 200 and reply.content == data
     assert set(captured) <= set(reply.headers)
@@ -81,10 +96,10 @@ def test_view_serves_the_file_with_the_captured_headers(simulator: Simulator) ->
         assert reply.headers[header] == captured[header]
     assert reply.headers["Content-Length"] == str(len(data))
     # type defaults to output; /api works too
-    assert requests.get(simulator.url + "/api/view", params={"filename": "loaded_00001_.png", "subfolder": "ref"}, timeout=5).content == data
-    preview = requests.get(simulator.url + "/view", params={"filename": "loaded_00001_.png", "subfolder": "ref", "preview": "webp;50"}, timeout=5)
+    assert view(simulator, "/api/view", **LOADED).content == data
+    preview = view(simulator, **LOADED, preview="webp;50")
     assert preview.headers["Content-Type"] == "image/webp" and preview.content[:4] == b"RIFF"
-    rgb = requests.get(simulator.url + "/view", params={"filename": "loaded_00001_.png", "subfolder": "ref", "channel": "rgb"}, timeout=5)
+    rgb = view(simulator, **LOADED, channel="rgb")
     assert Image.open(io.BytesIO(rgb.content)).mode == "RGB"
 
 
@@ -97,7 +112,7 @@ def test_view_refuses_traversal_and_applies_the_basename_rule(simulator: Simulat
         else:
             reply = requests.get(simulator.url + case["url"], timeout=5)
         assert (reply.status_code, len(reply.content)) == (case["status"], case["bytes"]), name
-    for params, status in (({}, 404), ({"filename": "missing.png"}, 404), ({"filename": "loaded_00001_.png", "subfolder": "ref", "type": "bogus"}, 400)):
+    for params, status in (({}, 404), ({"filename": "missing.png"}, 404), ({**LOADED, "type": "bogus"}, 400)):
         assert requests.get(simulator.url + "/view", params=params, timeout=5).status_code == status
 
 
@@ -111,7 +126,8 @@ def test_view_streams_a_large_file(simulator: Simulator) -> None:
         for chunk in reply.iter_content(64 * 1024):
             digest.update(chunk)
     assert digest.hexdigest() == hashlib.sha256(big).hexdigest()
-    partial = requests.get(simulator.url + "/view", params={"filename": "big.mp4"}, headers={"Range": "bytes=0-99"}, timeout=10)
+    first_100 = {"Range": "bytes=0-99"}
+    partial = requests.get(simulator.url + "/view", params={"filename": "big.mp4"}, headers=first_100, timeout=10)
     assert partial.status_code == 206 and partial.content == big[:100]
 
 

@@ -37,7 +37,8 @@ def slow_simulator(tmp_path):
 
 
 def test_normal_run_cached_resubmit_and_partial_cache_send_the_captured_sequences(simulator: Simulator) -> None:
-    run_a, run_b, run_b2 = (load_capture(name) for name in ("ws_a_normal_run", "ws_b_cached_resubmit", "ws_b2_partially_cached"))
+    names = ("ws_a_normal_run", "ws_b_cached_resubmit", "ws_b2_partially_cached")
+    run_a, run_b, run_b2 = (load_capture(name) for name in names)
     client = Socket(simulator, "ws-capture-client")
     observer = Socket(simulator, "ws-observer")
     client.receive(), observer.receive()
@@ -53,7 +54,9 @@ def test_normal_run_cached_resubmit_and_partial_cache_send_the_captured_sequence
         outputs.append(entry["outputs"])
         assert entry["status"]["status_str"] == "success"
         cached = next(m for m in messages if m["type"] == "execution_cached")["data"]["nodes"]
-        expected_cached = next(e["msg"] for e in capture["messages"] if e["kind"] == "text" and e["msg"]["type"] == "execution_cached")
+        expected_cached = next(
+            e["msg"] for e in capture["messages"] if e["kind"] == "text" and e["msg"]["type"] == "execution_cached"
+        )
         assert cached == expected_cached["data"]["nodes"]
         if capture is run_a:
             files_after_a = sorted(p.name for p in simulator.data_dir.rglob("*.png"))
@@ -142,7 +145,9 @@ def test_rejected_prompt_sends_no_ws_events(simulator: Simulator) -> None:
     client.close()
 
 
-def test_history_is_empty_while_pending_and_running_and_the_entry_has_the_captured_shape(slow_simulator: Simulator) -> None:
+def test_history_is_empty_while_pending_and_running_and_the_entry_has_the_captured_shape(
+    slow_simulator: Simulator,
+) -> None:
     running = post(slow_simulator, sampler_graph("history/running"), client_id="h").json()["prompt_id"]
     pending = post(slow_simulator, quick_graph("history/pending"), client_id="h").json()["prompt_id"]
     time.sleep(0.3)
@@ -219,7 +224,8 @@ def test_interrupts_global_targeted_and_malformed(slow_simulator: Simulator) -> 
     entry = history(slow_simulator, first)[first]
     assert entry["status"]["status_str"] == "error" and entry["outputs"] == {}
     event, data = entry["status"]["messages"][-1]
-    real_event, real_data = load_capture("get_history_id_interrupted")["response"]["body"].popitem()[1]["status"]["messages"][-1]
+    real_entry = load_capture("get_history_id_interrupted")["response"]["body"].popitem()[1]
+    real_event, real_data = real_entry["status"]["messages"][-1]
     assert event == real_event and data.keys() == real_data.keys()
     assert (data["node_id"], data["node_type"], sorted(data["executed"])) == ("3", "KSampler", ["4", "5", "6"])
     # A malformed body is a global interrupt, and it hits the second prompt once that runs.

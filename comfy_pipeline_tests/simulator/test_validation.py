@@ -61,7 +61,8 @@ def test_validate_prompt_matches_the_real_server(case: str) -> None:
     outcome = validate_prompt(body["prompt"], schema, image_exists=captured_server_exists)
     if status == 400:
         assert outcome.accepted is False
-        assert without_tracebacks({"error": outcome.error, "node_errors": outcome.node_errors}) == without_tracebacks(expected)
+        answer = {"error": outcome.error, "node_errors": outcome.node_errors}
+        assert without_tracebacks(answer) == without_tracebacks(expected)
     else:
         assert outcome.accepted is True
         assert without_tracebacks(outcome.node_errors) == without_tracebacks(expected["node_errors"])
@@ -79,7 +80,8 @@ def test_bundled_schema_has_the_official_models_and_is_not_shared() -> None:
     schema = load_bundled_object_info()
     assert schema["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == OFFICIAL_MODELS["checkpoints"]
     assert schema["VAELoader"]["input"]["required"]["vae_name"][0] == ["ae.safetensors", "pixel_space"]
-    assert schema["LatentUpscaleModelLoader"]["input"]["required"]["model_name"][1]["options"] == OFFICIAL_MODELS["latent_upscale_models"]
+    upscalers = schema["LatentUpscaleModelLoader"]["input"]["required"]["model_name"][1]["options"]
+    assert upscalers == OFFICIAL_MODELS["latent_upscale_models"]
     schema["KSampler"]["input"]["required"].clear()
     assert load_bundled_object_info()["KSampler"]["input"]["required"]
 
@@ -99,7 +101,8 @@ def test_long_combo_lists_are_summarised_and_unknown_models_named() -> None:
         "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.safetensors"}},
         "3": {"class_type": "KSampler", "inputs": {
             "model": ["2", 0], "seed": 1, "steps": 4, "cfg": 1.0, "sampler_name": "no-such-sampler",
-            "scheduler": "simple", "positive": ["4", 0], "negative": ["4", 0], "latent_image": ["1", 0], "denoise": 1.0}},
+            "scheduler": "simple", "positive": ["4", 0], "negative": ["4", 0], "latent_image": ["1", 0],
+            "denoise": 1.0}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["2", 1]}},
         "5": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["2", 2]}},
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "x"}},
@@ -116,7 +119,8 @@ def test_dynamic_combo_children_are_checked_only_for_the_chosen_option() -> None
     def resize(**inputs):
         return {
             "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-            "2": {"class_type": "ResizeImageMaskNode", "inputs": {"input": ["1", 0], "scale_method": "lanczos", **inputs}},
+            "2": {"class_type": "ResizeImageMaskNode",
+                  "inputs": {"input": ["1", 0], "scale_method": "lanczos", **inputs}},
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
         }
 
@@ -124,7 +128,8 @@ def test_dynamic_combo_children_are_checked_only_for_the_chosen_option() -> None
     ok = validate_prompt(resize(**{"resize_type": "scale dimensions", "resize_type.width": 32,
                                    "resize_type.height": 32, "resize_type.crop": "center"}), schema)
     assert ok.accepted and ok.node_errors == {}
-    missing = validate_prompt(resize(**{"resize_type": "scale dimensions", "resize_type.width": 32, "resize_type.crop": "center"}), schema)
+    no_height = {"resize_type": "scale dimensions", "resize_type.width": 32, "resize_type.crop": "center"}
+    missing = validate_prompt(resize(**no_height), schema)
     assert missing.node_errors["2"]["errors"] == [{
         "type": "required_input_missing", "message": "Required input is missing",
         "details": "height", "extra_info": {"input_name": "resize_type.height"},
@@ -135,7 +140,8 @@ def test_dynamic_combo_children_are_checked_only_for_the_chosen_option() -> None
     video = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 2, "color": 0}},
         "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 8}},
-        "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0], "filename_prefix": "v", "format.codec": "nonsense"}},
+        "3": {"class_type": "SaveVideo",
+              "inputs": {"video": ["2", 0], "filename_prefix": "v", "format.codec": "nonsense"}},
     }
     assert validate_prompt(video, schema).node_errors == {}
 

@@ -68,8 +68,10 @@ def test_text_to_image_gives_a_seeded_labelled_png_of_the_latent_size(simulator:
     with Image.open(first) as picture:
         assert picture.format == "PNG" and picture.size == (1024, 784)
         first_pixels = picture.convert("RGB")
-    other_seed = output_file(simulator, run(simulator, text_to_image("a lighthouse at dusk", seed=8))["outputs"]["9"]["images"][0])
-    other_text = output_file(simulator, run(simulator, text_to_image("a harbour at noon", seed=7))["outputs"]["9"]["images"][0])
+    other_seed_run = run(simulator, text_to_image("a lighthouse at dusk", seed=8))
+    other_seed = output_file(simulator, other_seed_run["outputs"]["9"]["images"][0])
+    other_text_run = run(simulator, text_to_image("a harbour at noon", seed=7))
+    other_text = output_file(simulator, other_text_run["outputs"]["9"]["images"][0])
     for other in (other_seed, other_text):
         assert ImageChops.difference(first_pixels, Image.open(other).convert("RGB")).getbbox() is not None
     # The label is there: the top-left corner holds white text on a black box.
@@ -93,8 +95,9 @@ def test_identical_resubmit_is_served_from_cache_without_new_files(simulator: Si
 
 def test_image_to_video_pans_over_the_uploaded_image(simulator: Simulator) -> None:
     still = output_file(simulator, run(simulator, text_to_image("a fox in snow", seed=11))["outputs"]["9"]["images"][0])
-    uploaded = requests.post(simulator.url + "/upload/image", files={"image": ("fox.png", still.read_bytes(), "image/png")},
-                             data={"subfolder": "pipeline"}, timeout=10).json()
+    files = {"image": ("fox.png", still.read_bytes(), "image/png")}
+    uploaded = requests.post(simulator.url + "/upload/image", files=files, data={"subfolder": "pipeline"},
+                             timeout=10).json()
     graph = workflow("ltx2_image_to_video")
     graph["98"]["inputs"]["image"] = f"{uploaded['subfolder']}/{uploaded['name']}"
     graph["102"]["inputs"].update({"resize_type.width": 1280, "resize_type.height": 720})
@@ -145,7 +148,8 @@ def test_captured_video_graphs_give_the_same_files(case: str, shared_simulator: 
     stream = probe(output_file(shared_simulator, ref))
     assert int(stream["nb_read_frames"]) == expected["frames"]
     assert stream["avg_frame_rate"] == f"{expected['average_rate']}/1"
-    assert (stream["width"], stream["height"], stream["pix_fmt"]) == (expected["width"], expected["height"], expected["pix_fmt"])
+    shape = ("width", "height", "pix_fmt")
+    assert [stream[key] for key in shape] == [expected[key] for key in shape]
     assert stream["codec_name"] == {"libdav1d": "av1"}.get(expected["codec"], expected["codec"])
     served = requests.get(shared_simulator.url + "/view", params=ref, timeout=10)
     assert served.headers["Content-Type"] == ("video/webm" if ref["filename"].endswith(".webm") else "video/mp4")
@@ -168,9 +172,9 @@ def test_captured_animated_image_graphs(case: str, image_format: str, shared_sim
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "ltx-2-19b-dev-fp8.safetensors"}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": case, "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-                                                  "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["6", 0],
-                                                  "latent_image": ["5", 0]}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["5", 0]}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "2": prompt["2"] | {"inputs": prompt["2"]["inputs"] | {"images": ["8", 0]}},
     }

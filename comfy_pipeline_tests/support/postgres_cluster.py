@@ -62,7 +62,8 @@ class PostgresCluster:
     def _run(self, *args: str, timeout: float = 60) -> None:
         proc = subprocess.run(self._command(*args), capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise PostgresUnavailable(f"{Path(args[0]).name} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
+            output = (proc.stderr or proc.stdout)[-2000:]
+            raise PostgresUnavailable(f"{Path(args[0]).name} failed ({proc.returncode}): {output}")
 
     def start(self) -> "PostgresCluster":
         if os.geteuid() == 0:

@@ -155,8 +155,8 @@ class _Flattener:
         node = level.nodes[node_id]
         if node["type"] in self.subgraphs:
             child = self._child(level, node)
-            link = next(l for l in child.links.values()
-                        if l["target_id"] == SUBGRAPH_OUTPUT and l["target_slot"] == slot)
+            link = next(candidate for candidate in child.links.values()
+                        if candidate["target_id"] == SUBGRAPH_OUTPUT and candidate["target_slot"] == slot)
             return self._resolve_output(child, link["origin_id"], link["origin_slot"])
         mode = node.get("mode", 0)
         if mode == MUTED:

@@ -51,7 +51,7 @@ def earlier(tmp_path_factory, instance) -> tuple[Path, dict[str, str]]:
     out = tmp_path_factory.mktemp("out")
     with Simulator(data_dir=tmp_path_factory.mktemp("producer"), image_seconds=0.05) as producer:
         config = {"resources": {"comfy": {"config": {"url": producer.url, "output_dir": str(out)}}},
-                  "ops": {"prompt": {"config": {"prompts": [{"text": "an earlier picture", "width": 256, "height": 256}]}}}}
+                  "ops": prompt_ops({"text": "an earlier picture", "width": 256, "height": 256})}
         result = defs.resolve_job_def("image_generation_job").execute_in_process(
             run_config=config, instance=instance, raise_on_error=False)
     assert result.success
@@ -105,10 +105,13 @@ CHECK_CASES = [
     ("empty prompt", ["--prompt", ""], {}, ["The prompt is empty"]),
     ("100k prompt", ["--prompt", "a" * 100_000], {}, ["100,000 characters", "the limit is 10,000"]),
     ("control character", ["--prompt", "a red\x1b[31m fox"], {}, ["control character U+001B", "remove it"]),
-    ("non-UTF-8 prompts file", ["--prompts-file", "p.json"], {"p.json": '{"image_generation": ["caf\xe9"]}'.encode("latin-1")},
+    ("non-UTF-8 prompts file", ["--prompts-file", "p.json"],
+     {"p.json": '{"image_generation": ["caf\xe9"]}'.encode("latin-1")},
      ["p.json: not valid UTF-8 (byte 26)", "save it as UTF-8"]),
-    ("invalid JSON", ["--prompts-file", "p.json"], {"p.json": b'{"image_generation": ["x",'}, ["invalid JSON at line 1, column 27: Expecting value"]),
-    ("unknown spec key", ["--prompts-file", "p.json"], {"p.json": spec_file({"txt": "x"})}, ["unknown key(s) ['txt']", "allowed:"]),
+    ("invalid JSON", ["--prompts-file", "p.json"], {"p.json": b'{"image_generation": ["x",'},
+     ["invalid JSON at line 1, column 27: Expecting value"]),
+    ("unknown spec key", ["--prompts-file", "p.json"], {"p.json": spec_file({"txt": "x"})},
+     ["unknown key(s) ['txt']", "allowed:"]),
     ("prompts file is a folder", ["--prompts-file", "."], {}, ["--prompts-file .: not a regular file"]),
     ("width 1000", ["--prompts-file", "p.json"], {"p.json": spec_file({"text": "x", "width": 1000})},
      ["parameter 'width' = 1000", "a multiple of 16", "nearest allowed value is 992"]),
@@ -207,10 +210,13 @@ def video(*images: str, **config) -> dict:
 
 # id, job, ops config (input images relative to `files`), the step that fails, what its failure says.
 RUN_CONFIG_CASES = [
-    ("empty prompt", "image_to_video_job", prompt_ops({"text": ""}), "prompt", ["Bad prompt in run config: The prompt is empty"]),
-    ("100k prompt", "image_to_video_job", prompt_ops({"text": "a" * 100_000}), "prompt", ["100,000 characters", "limit is 10,000"]),
+    ("empty prompt", "image_to_video_job", prompt_ops({"text": ""}), "prompt",
+     ["Bad prompt in run config: The prompt is empty"]),
+    ("100k prompt", "image_to_video_job", prompt_ops({"text": "a" * 100_000}), "prompt",
+     ["100,000 characters", "limit is 10,000"]),
     ("control character", "image_to_video_job", prompt_ops({"text": "a\x07b"}), "prompt", ["control character U+0007"]),
-    ("control character in motion prompt", "image_to_video_job", prompt_ops({"text": "x", "motion_prompt": "pan\x00"}), "prompt",
+    ("control character in motion prompt", "image_to_video_job",
+     prompt_ops({"text": "x", "motion_prompt": "pan\x00"}), "prompt",
      ["The motion prompt contains the control character U+0000"]),
     ("width 1000", "image_to_video_job", prompt_ops({"text": "x", "width": 1000}), "prompt",
      ["parameter 'width' = 1000", "from 256 to 2048, a multiple of 16", "nearest allowed value is 992"]),
@@ -219,9 +225,12 @@ RUN_CONFIG_CASES = [
     # A wrong video setting used to cost the image's GPU time first; now the prompt step refuses it.
     ("frames 100", "image_to_video_job", prompt_ops({"text": "x", "frames": 100}), "prompt",
      ["parameter 'frames' = 100", "of the form 8n+1", "nearest allowed value is 97"]),
-    ("fps 0", "image_to_video_job", prompt_ops({"text": "x", "fps": 0}), "prompt", ["parameter 'fps' = 0 is below the minimum 1"]),
-    ("seed -1", "image_to_video_job", prompt_ops({"text": "x", "seed": -1}), "prompt", ["parameter 'seed' = -1 is below the minimum 0"]),
-    ("second of two prompts bad", "image_to_video_job", prompt_ops({"text": "fine"}, {"text": "x", "width": 100}), "prompt",
+    ("fps 0", "image_to_video_job", prompt_ops({"text": "x", "fps": 0}), "prompt",
+     ["parameter 'fps' = 0 is below the minimum 1"]),
+    ("seed -1", "image_to_video_job", prompt_ops({"text": "x", "seed": -1}), "prompt",
+     ["parameter 'seed' = -1 is below the minimum 0"]),
+    ("second of two prompts bad", "image_to_video_job", prompt_ops({"text": "fine"}, {"text": "x", "width": 100}),
+     "prompt",
      ["prompt 1: ", "parameter 'width' = 100 is below the minimum 256"]),
     ("input image missing", "video_generation_job", video("nowhere.png"), "ltx2_video",
      ["input image", "nowhere.png: file not found", "PNG, JPEG or WebP"]),
@@ -229,7 +238,8 @@ RUN_CONFIG_CASES = [
      ["notes.png: not an image Pillow can read"]),
     ("video frames 100", "video_generation_job", video("start.png", frames=100), "ltx2_video",
      ["Bad video config", "parameter 'frames' = 100", "nearest allowed value is 97"]),
-    ("video fps 0", "video_generation_job", video("start.png", fps=0), "ltx2_video", ["parameter 'fps' = 0 is below the minimum 1"]),
+    ("video fps 0", "video_generation_job", video("start.png", fps=0), "ltx2_video",
+     ["parameter 'fps' = 0 is below the minimum 1"]),
     ("video seed -1", "video_generation_job", video("start.png", seed=-1), "ltx2_video", ["parameter 'seed' = -1"]),
 ]
 
@@ -249,7 +259,9 @@ def step_failures(result) -> dict[str, str]:
     return failures
 
 
-@pytest.mark.parametrize("job, ops, step, expected", [c[1:] for c in RUN_CONFIG_CASES], ids=[c[0] for c in RUN_CONFIG_CASES])
+@pytest.mark.parametrize(
+    "job, ops, step, expected", [c[1:] for c in RUN_CONFIG_CASES], ids=[c[0] for c in RUN_CONFIG_CASES]
+)
 def test_run_config_rejects(job, ops, step, expected, guard, earlier, files, instance):
     if "ltx2_video" in ops:
         config = ops["ltx2_video"]["config"]
@@ -279,7 +291,9 @@ CONFIG_TYPE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("job, ops, expected", [c[1:] for c in CONFIG_TYPE_CASES], ids=[c[0] for c in CONFIG_TYPE_CASES])
+@pytest.mark.parametrize(
+    "job, ops, expected", [c[1:] for c in CONFIG_TYPE_CASES], ids=[c[0] for c in CONFIG_TYPE_CASES]
+)
 def test_run_config_of_the_wrong_type_is_refused_before_the_run(job, ops, expected, guard, earlier, instance):
     runs_before = len(instance.get_runs())
     with pytest.raises(dg.DagsterInvalidConfigError) as info:
@@ -301,11 +315,14 @@ def spec(**values) -> bytes:
 INBOX_CASES = [
     ("empty prompt", {"empty.txt": b""}, ["empty.txt: The prompt is empty"]),
     ("100k prompt", {"huge.txt": b"a" * 100_000}, ["huge.txt: The prompt is 100,000 characters long"]),
-    ("control character", {"bell.txt": "a red\x07 fox".encode()}, ["bell.txt: The prompt contains the control character U+0007"]),
-    ("non-UTF-8", {"latin1.txt": "caf\xe9".encode("latin-1")}, ["latin1.txt: not valid UTF-8 (byte 3); save the file as UTF-8"]),
+    ("control character", {"bell.txt": "a red\x07 fox".encode()},
+     ["bell.txt: The prompt contains the control character U+0007"]),
+    ("non-UTF-8", {"latin1.txt": "caf\xe9".encode("latin-1")},
+     ["latin1.txt: not valid UTF-8 (byte 3); save the file as UTF-8"]),
     ("invalid JSON", {"broken.json": b'{"text": "x",'}, ["broken.json: invalid JSON at line 1, column 14"]),
     ("unknown key", {"typo.json": b'{"txt": "x"}'}, ["typo.json: unknown key(s) ['txt']"]),
-    ("width 1000", {"width.json": spec(width=1000)}, ["width.json: ", "parameter 'width' = 1000", "nearest allowed value is 992"]),
+    ("width 1000", {"width.json": spec(width=1000)},
+     ["width.json: ", "parameter 'width' = 1000", "nearest allowed value is 992"]),
     ("frames 100", {"frames.json": spec(frames=100)}, ["frames.json: ", "parameter 'frames' = 100", "8n+1"]),
     ("fps 0", {"fps.json": spec(fps=0)}, ["fps.json: ", "parameter 'fps' = 0 is below the minimum 1"]),
     ("seed -1", {"seed.json": spec(seed=-1)}, ["seed.json: ", "parameter 'seed' = -1 is below the minimum 0"]),

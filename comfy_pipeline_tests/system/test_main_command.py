@@ -54,8 +54,10 @@ def test_terminating_a_run_cancels_its_prompt_on_the_server(tmp_path):
     config.write_text(f"ops:\n  ltx2_video:\n    config:\n      input_images: ['{image}']\n      frames: 9\n")
     with Simulator(data_dir=tmp_path / "sim", video_seconds=120) as sim:
         proc = subprocess.Popen(
-            [str(BIN / "dagster"), "job", "execute", "-m", "comfy_pipeline", "-j", "video_generation_job", "-c", str(config)],
-            cwd=tmp_path, env=clean_env(COMFYUI_URL=sim.url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [str(BIN / "dagster"), "job", "execute", "-m", "comfy_pipeline", "-j", "video_generation_job",
+             "-c", str(config)],
+            cwd=tmp_path, env=clean_env(COMFYUI_URL=sim.url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
         )
         try:
             deadline = time.monotonic() + 90
@@ -74,7 +76,8 @@ def test_terminating_a_run_cancels_its_prompt_on_the_server(tmp_path):
         assert proc.returncode != 0
         # The interrupt lands at the next sampler step on the server, as on a real GPU.
         deadline = time.monotonic() + 20
-        while (queue := requests.get(f"{sim.url}/queue", timeout=5).json())["queue_running"] and time.monotonic() < deadline:
+        queue_url = f"{sim.url}/queue"
+        while (queue := requests.get(queue_url, timeout=5).json())["queue_running"] and time.monotonic() < deadline:
             time.sleep(0.2)
         assert queue == {"queue_running": [], "queue_pending": []}
         history = requests.get(f"{sim.url}/history", timeout=5).json()
@@ -96,8 +99,6 @@ def test_readme_run_config_example_is_valid():
     config = yaml.safe_load(block)
     dg.validate_run_config(defs.resolve_job_def("image_to_video_job"), config)
     check_specs([PromptSpec(**p) for p in config["ops"]["prompt"]["config"]["prompts"]])
-
-
 
 
 def run_dg(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:

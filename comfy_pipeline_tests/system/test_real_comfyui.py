@@ -63,8 +63,8 @@ def chain_graph(nodes: int, size: int) -> dict:
         graph[str(10 + i)] = {"class_type": "ImageScale", "inputs": {
             "image": [str(9 + i) if i else "1", 0], "upscale_method": "lanczos", "width": size + (i % 2) * 8,
             "height": size + (i % 2) * 8, "crop": "disabled"}}
-    graph["99"] = {"class_type": "SaveImage", "inputs": {"images": [str(9 + nodes), 0],
-                                                         "filename_prefix": f"comfy_pipeline/tier/{uuid.uuid4().hex[:8]}"}}
+    prefix = f"comfy_pipeline/tier/{uuid.uuid4().hex[:8]}"
+    graph["99"] = {"class_type": "SaveImage", "inputs": {"images": [str(9 + nodes), 0], "filename_prefix": prefix}}
     return graph
 
 

@@ -21,7 +21,9 @@ from comfy_pipeline_tests.support.helpers import (
 )
 
 SEED = 20261121
-PROMPT_FAULTS = {"execution-error": 0.08, "drop-ws": 0.1, "restart": 0.05, "corrupt-output": 0.06, "hostile-filename": 0.04}
+PROMPT_FAULTS = {
+    "execution-error": 0.08, "drop-ws": 0.1, "restart": 0.05, "corrupt-output": 0.06, "hostile-filename": 0.04,
+}
 REQUEST_FAULTS = {"http-500": 0.01}
 # (job, prompts per run): 8 image runs and 2 image-to-video runs, 50 prompts in all.
 RUNS = [("image_generation_job", 5)] * 8 + [("image_to_video_job", 5)] * 2

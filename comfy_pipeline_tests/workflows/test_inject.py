@@ -177,7 +177,8 @@ def test_good_filename_prefixes(prefix):
 
 @pytest.mark.parametrize(
     "prefix",
-    ["", "../x", "a/../b", "/abs/x", "a//b", "a/", "%date:yyyy%/x", "a\\b", "ä", ".hidden", "a b", "a\n", None, 5, "x" * 201],
+    ["", "../x", "a/../b", "/abs/x", "a//b", "a/", "%date:yyyy%/x", "a\\b", "ä", ".hidden", "a b", "a\n", None, 5,
+     "x" * 201],
 )
 def test_bad_filename_prefixes(prefix):
     with pytest.raises(WorkflowError, match="filename prefix"):
