@@ -12,7 +12,7 @@ from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.comfyui.deadlines import download_bound
 from comfy_pipeline.comfyui.errors import DownloadError, ServerError
 from comfy_pipeline.comfyui.files import OutputFile
-from comfy_pipeline_tests.hostile_server import HostileServer
+from comfy_pipeline_tests.support.hostile_server import HostileServer
 
 CONNECT, READ = 1.0, 2.0  # the bound is then 3 s + 6 s: a trickle of hours shows as a plain failure
 MARGIN = 20.0  # seconds allowed past the bound: a loaded machine is slow, not hours slow

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from comfy_pipeline_tests.comfyui.test_history_shapes import forward_to
-from comfy_pipeline_tests.hostile_server import HostileServer
+from comfy_pipeline_tests.support.hostile_server import HostileServer
 
 BATCH = """
 import sys

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from comfy_pipeline_tests.test_pipeline_jobs import SMALL, execute, failure_text, materializations, run_config
+from comfy_pipeline_tests.support.helpers import SMALL, execute, failure_text, materializations, run_config
 
 TRACEBACK_MARKS = ('File "', "Traceback", "^^^", "executor.py", "line ")
 

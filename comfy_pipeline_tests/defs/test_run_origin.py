@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 import requests
 
-from comfy_pipeline_tests.conftest import free_port, wait_until
+from comfy_pipeline_tests.support.helpers import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

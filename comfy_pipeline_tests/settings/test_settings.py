@@ -14,7 +14,7 @@ from comfy_pipeline.definitions import defs
 from comfy_pipeline.defs.assets import gpu_retry_policy
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import free_port
+from comfy_pipeline_tests.support.helpers import free_port
 
 ENV = ("COMFYUI_URLS", "COMFYUI_URL", "COMFYUI_TOKEN", "COMFYUI_USERNAME", "COMFYUI_PASSWORD",
        "COMFY_PIPELINE_OUTPUT_DIR", "COMFY_PIPELINE_REQUIRE_SERVER")
