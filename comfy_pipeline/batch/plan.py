@@ -24,7 +24,8 @@ def gpu_job(kind: str, index: int, spec: PromptSpec, image: Path | None, workflo
     return Job(
         key=f"{LABELS[kind]} {index}",
         workflow=workflow,
-        values={name: value for name, value in values.items() if name in workflow.params},  # smoke workflows take no text
+        # smoke workflows take no text
+        values={name: value for name, value in values.items() if name in workflow.params},
         filename_prefix=f"comfy_pipeline/{run_id[:8]}/{kind[:-1]}_{index:02d}",
         dest_dir=dest_dir,
         dest_stem=f"{index:02d}_{outputs.slugify(text)}_seed{spec.seed}",

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfy_pipeline.comfyui.errors import (
-    ComfyUIError, NodeError, PromptLost, ServerError, ServerUnreachable, WorkflowValidationError, is_transient,
+    ComfyUIError,
+    NodeError,
+    PromptLost,
+    ServerError,
+    ServerUnreachable,
+    WorkflowValidationError,
+    is_transient,
 )
 from comfy_pipeline.workflows.compat import adapt_to_server
 from comfy_pipeline.workflows.preflight import preflight_on_server

@@ -39,6 +39,7 @@ from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, sigterm_as_k
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
+from comfy_pipeline.comfyui.session import SessionError
 from comfy_pipeline.workflows.prompts import (
     IMAGE_WORKFLOW,
     MAX_PROMPT_FILE_BYTES,
@@ -51,7 +52,6 @@ from comfy_pipeline.workflows.prompts import (
     load_json_bounded,
     specs_from_seed_prompts,
 )
-from comfy_pipeline.comfyui.session import SessionError
 from comfy_pipeline.workflows.workflow import WorkflowError, admit_user_workflow, load_workflow
 
 TEST_TYPES = ("all", "connection-only", "image-only", "video-only", "full-pipeline")

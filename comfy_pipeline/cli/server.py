@@ -29,30 +29,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         usage="comfy-pipeline server start (--comfyui-dir DIR | --command CMD) [options] [-- extra ComfyUI args]",
     )
     what = start.add_mutually_exclusive_group(required=True)
-    what.add_argument("--comfyui-dir", type=Path, help="ComfyUI checkout: runs `PYTHON main.py --listen HOST --port PORT`")
+    what.add_argument("--comfyui-dir", type=Path,
+                      help="ComfyUI checkout: runs `PYTHON main.py --listen HOST --port PORT`")
     what.add_argument("--command", help="any server command line, e.g. 'comfy-pipeline simulator --port {port}' "
                                         "({port} and {host} are filled in; not run through a shell)")
     start.add_argument("--port", type=int, default=sessions.DEFAULT_PORT, help="default %(default)s")
     start.add_argument("--host", default=sessions.DEFAULT_HOST, help="address to bind, default %(default)s (loopback)")
     start.add_argument("--python", default=sys.executable, help="Python that runs ComfyUI (default: this one)")
-    start.add_argument("--wait-timeout", type=float, default=120.0, help="seconds to wait for /system_stats, default %(default)s")
+    start.add_argument("--wait-timeout", type=float, default=120.0,
+                       help="seconds to wait for /system_stats, default %(default)s")
     start.add_argument("extra", nargs="*", help="after `--`: extra arguments for ComfyUI's main.py")
     start.set_defaults(func=run_start)
 
-    status = actions.add_parser("status", parents=[common], help="is the session running; version, VRAM, queue, log, uptime")
+    status = actions.add_parser("status", parents=[common],
+                                help="is the session running; version, VRAM, queue, log, uptime")
     status.add_argument("--port", type=int, help="only this port (default: every recorded session)")
     status.add_argument("--json", action="store_true", help="print a JSON list of sessions")
     status.set_defaults(func=run_status)
 
     stop = actions.add_parser("stop", parents=[common], help="stop the recorded session: SIGTERM, then SIGKILL")
     stop.add_argument("--port", type=int, help="which session (needed only when several are recorded)")
-    stop.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL, default %(default)s")
+    stop.add_argument("--grace", type=float, default=10.0,
+                      help="seconds between SIGTERM and SIGKILL, default %(default)s")
     stop.set_defaults(func=run_stop)
 
     restart = actions.add_parser("restart", parents=[common], help="stop the recorded session and start it again")
     restart.add_argument("--port", type=int, help="which session (needed only when several are recorded)")
-    restart.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL, default %(default)s")
-    restart.add_argument("--wait-timeout", type=float, default=120.0, help="seconds to wait for /system_stats, default %(default)s")
+    restart.add_argument("--grace", type=float, default=10.0,
+                         help="seconds between SIGTERM and SIGKILL, default %(default)s")
+    restart.add_argument("--wait-timeout", type=float, default=120.0,
+                         help="seconds to wait for /system_stats, default %(default)s")
     restart.set_defaults(func=run_restart)
 
 
@@ -127,7 +133,8 @@ def _pick(args: argparse.Namespace) -> Session:
     if args.port is not None:
         session = sessions.recorded_session(args.state_dir, args.port)
         if session is None:
-            raise SessionError(f"no session recorded on port {args.port} in {sessions.resolve_state_dir(args.state_dir)}")
+            state_dir = sessions.resolve_state_dir(args.state_dir)
+            raise SessionError(f"no session recorded on port {args.port} in {state_dir}")
         return session
     recorded = sessions.recorded_sessions(args.state_dir)
     if not recorded:

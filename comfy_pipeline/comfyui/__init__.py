@@ -11,7 +11,8 @@ _HOMES = {
     **{name: "errors" for name in (
         "AuthenticationError", "ComfyUIError", "DownloadError", "ExecutionError", "NodeError", "NoServerConfigured",
         "PromptInterrupted",
-        "PromptLost", "ProtocolError", "is_transient", "PromptTimeout", "ServerError", "ServerUnreachable", "WorkflowValidationError",
+        "PromptLost", "ProtocolError", "is_transient", "PromptTimeout", "ServerError", "ServerUnreachable",
+        "WorkflowValidationError",
     )},
 }
 

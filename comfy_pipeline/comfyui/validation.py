@@ -27,9 +27,11 @@ CUSTOM_VALIDATED_INPUTS: dict[str, tuple[str, ...]] = {"LoadImage": ("image",)}
 @dataclass
 class ValidationOutcome:
     error: dict | None  # top-level {"type","message","details","extra_info"}; None when accepted
-    node_errors: dict = field(default_factory=dict)  # {node_id: {"errors": [...], "dependent_outputs": [...], "class_type": str}}
+    # {node_id: {"errors": [...], "dependent_outputs": [...], "class_type": str}}
+    node_errors: dict = field(default_factory=dict)
     good_outputs: list[str] = field(default_factory=list)  # output nodes that validated (outputs_to_execute)
-    prompt: dict = field(default_factory=dict)  # a copy of the prompt with widget values coerced ("64" -> 64) as the server queues it
+    # a copy of the prompt with widget values coerced ("64" -> 64) as the server queues it
+    prompt: dict = field(default_factory=dict)
 
     @property
     def accepted(self) -> bool:

@@ -28,7 +28,8 @@ def daily_image_to_video_schedule(context: dg.ScheduleEvaluationContext, comfy: 
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     # Dagster scopes a schedule's run key to one tick, so a cron that ticks twice a day would run twice: skip a day
     # that has its run (a run created but never submitted, NOT_STARTED, is the same tick retried: let it through).
-    ran = context.instance.get_run_records(dg.RunsFilter(tags={"comfy_pipeline/date": day}, statuses=_SUBMITTED), limit=1)
+    ran = context.instance.get_run_records(dg.RunsFilter(tags={"comfy_pipeline/date": day}, statuses=_SUBMITTED),
+                                           limit=1)
     if ran:
         return dg.SkipReason(f"The run of {day} exists already ({ran[0].dagster_run.run_id}): one run per day.")
     return dg.RunRequest(

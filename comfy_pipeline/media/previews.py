@@ -14,8 +14,8 @@ from PIL import Image
 
 from comfy_pipeline.media.binaries import ffmpeg_command
 from comfy_pipeline.media.probe import (
-    QUIET,
     DECODE_TIMEOUT_S,
+    QUIET,
     MediaError,
     probe_image,
     probe_video,

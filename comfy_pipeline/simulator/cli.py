@@ -44,9 +44,12 @@ def seconds(text: str) -> float:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=port, default=8188, help="port (default: 8188; 0 picks a free one)")
-    parser.add_argument("--data-dir", help="folder for input/, output/ and temp/ (default: a temporary folder, removed on exit)")
-    parser.add_argument("--image-seconds", type=seconds, default=0.5, help="simulated GPU seconds per text-to-image prompt")
-    parser.add_argument("--video-seconds", type=seconds, default=2.0, help="simulated GPU seconds per image-to-video prompt")
+    parser.add_argument("--data-dir",
+                        help="folder for input/, output/ and temp/ (default: a temporary folder, removed on exit)")
+    parser.add_argument("--image-seconds", type=seconds, default=0.5,
+                        help="simulated GPU seconds per text-to-image prompt")
+    parser.add_argument("--video-seconds", type=seconds, default=2.0,
+                        help="simulated GPU seconds per image-to-video prompt")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND[:RATE]",
                         help=f"inject a fault, repeatable; KIND is one of {', '.join(KINDS)}")
     parser.add_argument("--token", default=os.environ.get("COMFY_SIMULATOR_TOKEN"),
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m comfy_pipeline.simulator", description="Run the offline ComfyUI simulator.")
+    parser = argparse.ArgumentParser(prog="python -m comfy_pipeline.simulator",
+                                     description="Run the offline ComfyUI simulator.")
     configure(parser)
     return run(parser.parse_args(argv))

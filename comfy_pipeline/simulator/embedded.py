@@ -96,7 +96,8 @@ class Simulator:
         )
         started = threading.Event()
         failure: list[BaseException] = []
-        self._thread = threading.Thread(target=self._serve, args=(started, failure), name="comfy-simulator", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(started, failure), name="comfy-simulator",
+                                        daemon=True)
         self._thread.start()
         if not started.wait(START_TIMEOUT):
             raise RuntimeError(f"the ComfyUI simulator did not start within {START_TIMEOUT:.0f} s")

@@ -269,7 +269,8 @@ class PromptRun:
                     self.set_progress(current, "running", 0.0, 1.0)
                     self.last_node = current
                     if self.client_id is not None:
-                        self.env.send("executing", {"node": current, "display_node": current, "prompt_id": self.prompt_id}, self.client_id)
+                        self.env.send("executing", {"node": current, "display_node": current,
+                                                    "prompt_id": self.prompt_id}, self.client_id)
                     if not mid_run_done:
                         mid_run_done = True
                         await env.on_mid_run(self.faults)
@@ -309,7 +310,8 @@ class PromptRun:
             "outputs": self.ui_outputs,
             "status": {"status_str": "success" if self.success else "error", "completed": self.success,
                        "messages": self.messages},
-            "meta": {node_id: {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id}
+            "meta": {node_id: {"node_id": node_id, "display_node": node_id, "parent_node": None,
+                               "real_node_id": node_id}
                      for node_id in self.ui_outputs},
         }
 
@@ -324,7 +326,8 @@ class PromptRun:
 
     def record_ui(self, node_id: str, ui: dict) -> None:
         if self.faults.hostile_filename:
-            ui = {**ui, "images": [{**ref, "filename": "../../" + ref["filename"], "subfolder": "../.."} for ref in ui["images"]]}
+            ui = {**ui, "images": [{**ref, "filename": "../../" + ref["filename"],
+                                    "subfolder": "../.."} for ref in ui["images"]]}
         if self.faults.corrupt_output:
             for ref in ui["images"]:
                 folder = self.env.output_dir if ref["type"] == "output" else self.env.temp_dir
@@ -337,7 +340,8 @@ class PromptRun:
             self.env.send("executed", {"node": node_id, "display_node": node_id, "output": ui,
                                        "prompt_id": self.prompt_id}, self.client_id)
 
-    async def run_node(self, node_id: str, node_signatures: dict[str, str], sampler_count: int, fault_here: bool) -> NodeResult:
+    async def run_node(self, node_id: str, node_signatures: dict[str, str], sampler_count: int,
+                       fault_here: bool) -> NodeResult:
         prompt, env = self.item.prompt, self.env
         node = prompt[node_id]
         inputs = {}
@@ -394,9 +398,11 @@ class PromptRun:
                 raise Interrupted()
             self.progress[node_id] = {"value": step, "max": steps, "state": "running"}
             self.send_progress_state()
-            self.env.send("progress", {"value": step, "max": steps, "prompt_id": self.prompt_id, "node": node_id}, self.client_id)
+            self.env.send("progress", {"value": step, "max": steps, "prompt_id": self.prompt_id, "node": node_id},
+                          self.client_id)
 
     @staticmethod
     def format_inputs(inputs: dict) -> dict:
         """execution_error.current_inputs: {name: [value]}, linked inputs shown as the object they carried."""
-        return {name: [f"<linked output {value[0]}:{value[1]}>" if is_link(value) else value] for name, value in inputs.items()}
+        return {name: [f"<linked output {value[0]}:{value[1]}>" if is_link(value) else value]
+                for name, value in inputs.items()}

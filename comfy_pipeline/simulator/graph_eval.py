@@ -65,7 +65,8 @@ def loader_file_hash(input_dir: Path, name: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def resolve_input_image(input_dir: Path, name: str, output_dir: Path | None = None, temp_dir: Path | None = None) -> Path | None:
+def resolve_input_image(input_dir: Path, name: str, output_dir: Path | None = None,
+                        temp_dir: Path | None = None) -> Path | None:
     """`folder_paths.get_annotated_filepath`: "x.png", "sub/x.png", "x.png [output]"; None if it escapes its folder."""
     base = input_dir
     for suffix, folder in ((" [output]", output_dir), (" [input]", input_dir), (" [temp]", temp_dir)):
@@ -140,7 +141,8 @@ async def empty_video_latent(ctx: NodeContext, inputs: dict) -> NodeResult:
 
 
 async def empty_audio_latent(ctx: NodeContext, inputs: dict) -> NodeResult:
-    return NodeResult((Latent(0, 0, int(inputs.get("frames_number", 1)), int(inputs.get("batch_size", 1)), audio=True),))
+    latent = Latent(0, 0, int(inputs.get("frames_number", 1)), int(inputs.get("batch_size", 1)), audio=True)
+    return NodeResult((latent,))
 
 
 async def img_to_video_inplace(ctx: NodeContext, inputs: dict) -> NodeResult:

@@ -96,10 +96,8 @@ def generated_image(size: tuple[int, int], seed: int, text: str) -> Image.Image:
     coarse = rng.integers(0, 256, size=(max(height // 96, 2), max(width // 96, 2), 3), dtype=np.uint8)
     base = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
     grain_shape = (max(height // 4, 1), max(width // 4, 1), 1)
-    grain = np.asarray(
-        Image.fromarray(rng.integers(0, 48, size=grain_shape, dtype=np.uint8)[:, :, 0]).resize(size, Image.Resampling.NEAREST),
-        dtype=np.int16,
-    )[:, :, None]
+    grain_small = Image.fromarray(rng.integers(0, 48, size=grain_shape, dtype=np.uint8)[:, :, 0])
+    grain = np.asarray(grain_small.resize(size, Image.Resampling.NEAREST), dtype=np.int16)[:, :, None]
     pixels = np.clip(base + grain - 24, 0, 255).astype(np.uint8)
     picture = Image.fromarray(pixels, "RGB")
     snippet = text if len(text) <= 60 else text[:57] + "..."
@@ -137,7 +135,8 @@ def encode_animated(images: Images, fps: float, image_format: str) -> bytes:
     if image_format == "WEBP":
         frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=duration, lossless=True)
     else:
-        frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:], duration=duration, compress_level=4)
+        frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:], duration=duration,
+                       compress_level=4)
     return buffer.getvalue()
 
 

@@ -98,7 +98,8 @@ class SimServer:
     # --- app -------------------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_UPLOAD_SIZE, middlewares=[self.auth_middleware, self.fault_middleware])
+        app = web.Application(client_max_size=MAX_UPLOAD_SIZE,
+                              middlewares=[self.auth_middleware, self.fault_middleware])
         routes = [
             ("GET", "/ws", self.websocket),
             ("GET", "/system_stats", self.system_stats),
@@ -141,8 +142,10 @@ class SimServer:
 
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler):
-        if (self._token is not None or self._basic is not None) and not self._authorized(request.headers.get("Authorization", "")):
-            return web.Response(status=401, text="401: Unauthorized", headers={"WWW-Authenticate": 'Bearer realm="ComfyUI simulator"'})
+        protected = self._token is not None or self._basic is not None
+        if protected and not self._authorized(request.headers.get("Authorization", "")):
+            return web.Response(status=401, text="401: Unauthorized",
+                                headers={"WWW-Authenticate": 'Bearer realm="ComfyUI simulator"'})
         return await handler(request)
 
     def _authorized(self, header: str) -> bool:
@@ -412,7 +415,8 @@ class SimServer:
             self.number += 1
 
         if "prompt" not in json_data:
-            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
+            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
+                     "extra_info": {}}
             return web.json_response({"error": error, "node_errors": {}}, status=400)
 
         client_prompt_id = json_data.get("prompt_id")

@@ -132,7 +132,8 @@ def library_specs() -> list[PromptSpec]:
 def specs_from_seed_prompts(raw: Any, where: str) -> list[PromptSpec]:
     """The seed design's prompts.json shape: {"image_generation": [...], "video_generation": [...]}."""
     if not isinstance(raw, dict) or not isinstance(raw.get("image_generation"), list):
-        raise PromptError(f"{where}: expected an object with a list 'image_generation' (and optionally 'video_generation').")
+        raise PromptError(f"{where}: expected an object with a list 'image_generation' "
+                          "(and optionally 'video_generation').")
     motions = raw.get("video_generation") or []
     if not isinstance(motions, list):
         raise PromptError(f"{where}: 'video_generation' must be a list of motion prompts.")
@@ -161,7 +162,8 @@ def load_json_bounded(text: str, where: str, *, max_depth: int = MAX_JSON_DEPTH)
             depth += 1
             deepest = max(deepest, depth)
             if deepest > max_depth:
-                raise PromptError(f"{where}: JSON nested deeper than {max_depth} levels; this file is not what it should be.")
+                raise PromptError(f"{where}: JSON nested deeper than {max_depth} levels; "
+                                  "this file is not what it should be.")
         elif char in "]}":
             depth -= 1
     try:
@@ -182,7 +184,8 @@ def read_prompt_file(path: Path) -> list[PromptSpec]:
         raise PromptError(f"{path}: not a regular file; give the path of a .txt or .json prompt file.")
     size = info.st_size
     if size > MAX_PROMPT_FILE_BYTES:
-        raise PromptError(f"{path.name}: {size:,} bytes is too big for a prompt file (limit {MAX_PROMPT_FILE_BYTES:,}).")
+        raise PromptError(f"{path.name}: {size:,} bytes is too big for a prompt file "
+                          f"(limit {MAX_PROMPT_FILE_BYTES:,}).")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:

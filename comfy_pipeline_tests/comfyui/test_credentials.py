@@ -5,6 +5,7 @@ written into run config (a user who puts one there is refused)."""
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from comfy_pipeline.comfyui import ComfyUIClient

@@ -10,8 +10,8 @@ import pytest
 from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.comfyui.answers import ProtocolError
 from comfy_pipeline.definitions import defs
-from comfy_pipeline_tests.support.hostile_server import HostileServer
 from comfy_pipeline_tests.support.helpers import failure_text
+from comfy_pipeline_tests.support.hostile_server import HostileServer
 
 PROMPT_ID = "0b7c9d2e-1111-4a4a-8888-000000000003"
 FINE = {"status_str": "success", "completed": True, "messages": []}

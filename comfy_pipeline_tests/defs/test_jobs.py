@@ -20,7 +20,6 @@ from comfy_pipeline_tests.support.helpers import (
 )
 
 
-
 @pytest.fixture
 def sim(tmp_path):
     with Simulator(data_dir=tmp_path / "sim", image_seconds=0.05, video_seconds=0.1) as simulator:

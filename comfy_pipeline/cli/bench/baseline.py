@@ -53,7 +53,8 @@ class BaselineClient:
             time.sleep(self.poll_seconds)
 
     def download(self, item: dict) -> bytes:
-        params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
+        params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""),
+                  "type": item.get("type", "output")}
         response = self.session.get(f"{self.base}/view", params=params)
         response.raise_for_status()
         return response.content  # the whole file in memory

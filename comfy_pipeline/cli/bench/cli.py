@@ -36,11 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: every other `comfy-pipeline` command stays fast.
-    from comfy_pipeline.cli.bench import measurements
+    from comfy_pipeline.cli.bench import measurements, scale, servers
     from comfy_pipeline.cli.bench.definitions_load import definitions_validate
     from comfy_pipeline.cli.bench.memory import download_memory
     from comfy_pipeline.cli.bench.report import as_json, machine, table
-    from comfy_pipeline.cli.bench import scale, servers
 
     plan = measurements.QUICK if args.quick else measurements.FULL
     host = machine()

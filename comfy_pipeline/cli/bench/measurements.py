@@ -13,16 +13,20 @@ from pathlib import Path
 
 import requests
 
+from comfy_pipeline.batch.runner import Job, run_batch
 from comfy_pipeline.cli.bench.baseline import (
     CLIENT_DESCRIPTION as SEED_CLIENT,
+)
+from comfy_pipeline.cli.bench.baseline import (
     VALIDATOR_DESCRIPTION as SEED_VALIDATOR,
+)
+from comfy_pipeline.cli.bench.baseline import (
     BaselineClient,
     validate_image,
     validate_video,
 )
 from comfy_pipeline.cli.bench.report import AT_LEAST, AT_MOST, Figure
 from comfy_pipeline.comfyui.client import ComfyUIClient, PromptResult
-from comfy_pipeline.batch.runner import Job, run_batch
 from comfy_pipeline.media import check_video, probe_video
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
@@ -142,7 +146,8 @@ def _baseline_batch(count: int, workdir: Path) -> dict:
         noticed = {}
         start = time.monotonic()
         for values, prefix in _image_graphs(count, "baseline"):
-            prompt_id, noticed[prompt_id], _ = client.run(workflow.inject(values, filename_prefix=prefix), workdir / "out")
+            prompt_id, noticed[prompt_id], _ = client.run(workflow.inject(values, filename_prefix=prefix),
+                                                          workdir / "out")
         end = time.monotonic()
         client.close()
         finished = _finish_times(sim)

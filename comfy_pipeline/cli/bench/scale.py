@@ -67,7 +67,8 @@ def client_figures(plan: ScalePlan, workdir: Path) -> list[Figure]:
             f"client_cost_per_prompt_ms_{size}", f"client CPU per prompt, {size} image prompts", "ms",
             "one bare GET /system_stats round trip (requests), same process", 50.0, AT_MOST,
             run["cpu"] / size * 1000, run["round_trip"] * 1000,
-            {"prompts": size, "gpu_seconds": TINY_GPU_S, "size": "256x256", "wall_s": round(run["end"] - run["start"], 3),
+            {"prompts": size, "gpu_seconds": TINY_GPU_S, "size": "256x256",
+             "wall_s": round(run["end"] - run["start"], 3),
              "server_busy_s": round(run["busy"], 3), "client_cpu_s": round(run["cpu"], 3),
              "server_idle_per_prompt_ms": round(idle * 1000, 2)},
         ))
