@@ -16,6 +16,8 @@ builds a client from them.
 
 Output folder: run config `output_dir` > COMFY_PIPELINE_OUTPUT_DIR > ./comfy_outputs. Retries of a GPU step after
 a transient server fault: COMFY_PIPELINE_STEP_RETRIES (3) with a backoff from COMFY_PIPELINE_RETRY_DELAY_S (10 s).
+Read when the definitions load, by nature: the GPU pool's name (COMFYUI_URLS / COMFYUI_URL) and the daily
+schedule's cron and timezone.
 """
 
 import os
