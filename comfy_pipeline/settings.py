@@ -16,6 +16,8 @@ builds a client from them.
 
 Output folder: run config `output_dir` > COMFY_PIPELINE_OUTPUT_DIR > ./comfy_outputs. Retries of a GPU step after
 a transient server fault: COMFY_PIPELINE_STEP_RETRIES (3) with a backoff from COMFY_PIPELINE_RETRY_DELAY_S (10 s).
+Read when the definitions load, by nature: the GPU pool's name (COMFYUI_URLS / COMFYUI_URL) and the daily
+schedule's cron and timezone.
 """
 
 import os
@@ -37,6 +39,8 @@ REQUIRE_SERVER_ENV = "COMFY_PIPELINE_REQUIRE_SERVER"
 STEP_RETRIES_ENV = "COMFY_PIPELINE_STEP_RETRIES"
 RETRY_DELAY_ENV = "COMFY_PIPELINE_RETRY_DELAY_S"
 INBOX_SETTLE_ENV = "COMFY_PIPELINE_INBOX_SETTLE_S"
+DAILY_CRON_ENV = "COMFY_PIPELINE_DAILY_CRON"
+TIMEZONE_ENV = "COMFY_PIPELINE_TIMEZONE"
 
 
 class SettingError(ComfyUIError):
@@ -86,6 +90,12 @@ def choose_servers(flag: str | None = None, config: Iterable[str | None] = (), *
             return ServerChoice(urls, source)
     session = running_session_url(state_dir)
     return ServerChoice((session,), "session") if session else ServerChoice((), "default")
+
+
+def environment_urls() -> tuple[str, ...]:
+    """The servers the environment names (COMFYUI_URLS, else COMFYUI_URL): what the definitions can know when they
+    load, before any run config or session (the GPU pool's name comes from it)."""
+    return split_urls([os.environ.get(URLS_ENV)]) or split_urls([os.environ.get(URL_ENV)])
 
 
 def running_session_url(state_dir: str | Path | None = None) -> str | None:
@@ -157,6 +167,12 @@ class RetrySettings:
 
 def gpu_retry_settings() -> RetrySettings:
     return RetrySettings(_number(STEP_RETRIES_ENV, 3, int), _number(RETRY_DELAY_ENV, 10.0, float))
+
+
+def daily_schedule() -> tuple[str, str]:
+    """(cron, timezone) of the daily schedule: COMFY_PIPELINE_DAILY_CRON (02:00) and COMFY_PIPELINE_TIMEZONE (UTC).
+    A schedule is defined when the definitions load, so these are read then."""
+    return os.environ.get(DAILY_CRON_ENV, "0 2 * * *"), os.environ.get(TIMEZONE_ENV, "UTC")
 
 
 def inbox_settle_s(default: float) -> float:

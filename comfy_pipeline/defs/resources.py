@@ -1,6 +1,5 @@
 """Dagster resources: the ComfyUI server and the quality thresholds of the output checks."""
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -209,7 +208,7 @@ def gpu_pool(urls: list[str] | str | None = None) -> str:
     (COMFYUI_URLS / COMFYUI_URL when the definitions load; the embedded simulator is per run), e.g.
     `comfyui-gpu-a-8188` or, for two servers, `comfyui-gpu-a-8188+gpu-b-8188`."""
     if urls is None:
-        urls = os.environ.get(settings.URLS_ENV) or os.environ.get(settings.URL_ENV)
+        urls = list(settings.environment_urls())
     found = settings.split_urls([urls] if isinstance(urls, str) else urls or [])
     if not found or found == [SIMULATOR]:
         return "comfyui-embedded"

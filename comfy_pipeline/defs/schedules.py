@@ -1,15 +1,13 @@
 """The daily schedule: the prompt library through the whole pipeline, once a day."""
 
-import os
-
 import dagster as dg
 
+from comfy_pipeline import settings
 from comfy_pipeline.defs.circuit_breaker import breaker_state
 from comfy_pipeline.defs.jobs import image_to_video_job
 from comfy_pipeline.defs.resources import ComfyUIResource
 
-DAILY_CRON = os.environ.get("COMFY_PIPELINE_DAILY_CRON", "0 2 * * *")
-TIMEZONE = os.environ.get("COMFY_PIPELINE_TIMEZONE", "UTC")
+DAILY_CRON, TIMEZONE = settings.daily_schedule()
 _SUBMITTED = [status for status in dg.DagsterRunStatus if status != dg.DagsterRunStatus.NOT_STARTED]
 
 

@@ -2,6 +2,8 @@
 everything read when used (not at import), and a corrupt session state file is an error naming it, in a real
 Dagster run too."""
 
+import os
+import subprocess
 import sys
 
 import dagster as dg
@@ -118,3 +120,14 @@ def test_a_dagster_run_with_no_server_and_a_corrupt_session_file_fails_naming_it
     failures = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
     assert failures and str(broken) in failures[0].step_failure_data.error.message
     assert instance.get_run_by_id(result.run_id).tags.get("comfy_pipeline/backend") is None  # no simulator ran
+
+
+@pytest.mark.parametrize("command", [["validate-workflow", "smoke_image"], ["check", "--test-type", "connection-only"]])
+def test_the_commands_exit_2_naming_a_corrupt_session_file_when_no_server_is_configured(command, state_dir, tmp_path):
+    broken = state_dir / "session-8188.json"
+    broken.write_text("[1, 2]")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "COMFYUI_"))}
+    proc = subprocess.run([sys.executable, "-m", "comfy_pipeline.cli", *command], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert str(broken) in proc.stderr and "Traceback" not in proc.stderr
