@@ -175,16 +175,16 @@ def _structural_problems(graph: dict, object_info: dict) -> list[Problem]:
         for input_name, value in inputs.items():
             if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)):
                 continue
-            source, index = value
+            linked, index = value
             message = None
-            if not isinstance(source, str):
-                message = f"links to node {source!r}, but node ids in links must be strings"
-            elif source not in graph:
-                message = f"links to node {source}, which is not in the workflow"
+            if not isinstance(linked, str):
+                message = f"links to node {linked!r}, but node ids in links must be strings"
+            elif linked not in graph:
+                message = f"links to node {linked}, which is not in the workflow"
             else:
-                outputs = object_info.get(graph[source].get("class_type"), {}).get("output")
+                outputs = object_info.get(graph[linked].get("class_type"), {}).get("output")
                 if outputs is not None and not 0 <= index < len(outputs):
-                    message = (f"links to output {index} of node {source} ({graph[source]['class_type']}), "
+                    message = (f"links to output {index} of node {linked} ({graph[linked]['class_type']}), "
                                f"which has {len(outputs)} output(s)")
             if message:
                 problems.append(Problem("broken_link", str(node_id), node.get("class_type"), input_name, message,
