@@ -15,6 +15,7 @@ from comfy_pipeline.batch.runner import BatchInterrupted, Job, run_batch
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline.workflows.workflow import load_workflow
+from comfy_pipeline_tests.support.helpers import wait_until
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowing is the point
@@ -33,7 +34,9 @@ def test_flag_is_set_even_when_the_interrupt_exception_is_swallowed():
     with interrupt_flag() as flag:
         try:
             raise_inside_gc_callback()
-            time.sleep(0.05)
+            # The handler runs on the main thread at its next check: in the callback (swallowed) or in this
+            # wait (raised here); either way it sets the flag before raising, so the wait ends as soon as it ran.
+            flag.wait(60)
         except KeyboardInterrupt:
             pass
         assert flag.is_set()
@@ -58,17 +61,16 @@ def test_stop_cancels_running_and_queued_prompts_and_raises(slow_sim, tmp_path):
     with ComfyUIClient(slow_sim.url) as client:
 
         def stop_once_running():
-            while not requests.get(f"{slow_sim.url}/queue", timeout=5).json()["queue_running"]:
-                time.sleep(0.05)
+            wait_until(lambda: requests.get(f"{slow_sim.url}/queue", timeout=5).json()["queue_running"], 120)
             stop.set()
 
         threading.Thread(target=stop_once_running, daemon=True).start()
         started = time.monotonic()
         with pytest.raises(BatchInterrupted):
-            run_batch(client, jobs, max_in_flight=3, prompt_timeout=300, stop=stop)
-        assert time.monotonic() - started < 15  # not the 60 s of simulated GPU time, nor the prompt timeout
+            run_batch(client, jobs, max_in_flight=3, prompt_timeout=1200, stop=stop)
+        assert time.monotonic() - started < 40  # not the 60 s of simulated GPU time, nor the prompt timeout
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the interrupt lands at the next sampler step (7.5 s apart)
     queue_url = f"{slow_sim.url}/queue"
     while (queue := requests.get(queue_url, timeout=5).json())["queue_running"] and time.monotonic() < deadline:
         time.sleep(0.1)

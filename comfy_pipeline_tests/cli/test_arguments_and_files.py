@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -33,9 +32,7 @@ def test_a_timeout_that_is_not_a_finite_positive_number_is_refused(value, tmp_pa
 def test_a_fifo_as_prompts_file_is_refused_instead_of_hanging(tmp_path):
     fifo = tmp_path / "prompts.json"
     os.mkfifo(fifo)
-    started = time.monotonic()
-    proc = check(tmp_path, "--test-type", "image-only", "--prompts-file", str(fifo), timeout=30)
-    assert time.monotonic() - started < 25
+    proc = check(tmp_path, "--test-type", "image-only", "--prompts-file", str(fifo), timeout=300)  # a hang raises
     assert proc.returncode == 2 and f"--prompts-file {fifo}: not a regular file" in proc.stderr
 
 

@@ -16,12 +16,13 @@ from comfy_pipeline_tests.support.hostile_server import HostileServer
 TOKEN = "canary-token-0123456789abcdef"
 
 
-def wait_for_ws_attempts(client: ComfyUIClient, server: HostileServer, seconds: float = 2.0) -> None:
+def wait_for_ws_attempts(client: ComfyUIClient, server: HostileServer, seconds: float = 60.0) -> None:
     client._events.start()
+    client._events.wait_first_attempt(seconds)  # over once the answer (and any redirect it followed) is handled
     end = time.monotonic() + seconds
     while time.monotonic() < end and not any(path.startswith("/ws") for _, path, _ in server.requests):
         time.sleep(0.05)
-    time.sleep(0.5)  # time for a redirect to be followed, if it were
+    time.sleep(0.5)  # and a moment more for a redirect to be followed, if it were
 
 
 def test_a_websocket_redirect_is_not_followed_with_the_credentials():
