@@ -19,7 +19,6 @@ from comfy_pipeline.comfyui.schema import load_bundled_object_info
 from comfy_pipeline.workflows.preflight import preflight
 from comfy_pipeline.workflows.workflow import WorkflowError, load_user_workflow
 
-
 OFFLINE_SOURCE = "the bundled schema (ComfyUI 0.33.0 with the official models installed)"
 
 
