@@ -47,7 +47,7 @@ def runs_tab(port: int) -> list[dict] | None:
     return (answer.get("data") or {}).get("runsOrError", {}).get("results")
 
 
-def test_a_launched_run_is_filed_under_its_job_and_an_executed_one_is_not(tmp_path, monkeypatch):
+def test_a_launched_run_is_filed_under_its_job_and_runs_in_the_shell_are_not(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     env = clean_env(DAGSTER_HOME=str(home), COMFY_PIPELINE_OUTPUT_DIR=str(tmp_path / "out"))
@@ -62,20 +62,21 @@ def test_a_launched_run_is_filed_under_its_job_and_an_executed_one_is_not(tmp_pa
         assert wait_until(lambda: runs_tab(port) == [], timeout=180), "dg dev never answered"
         # README: launch into the code location while `dg dev` runs; its daemon runs it.
         run([str(BIN / "dagster"), "job", "launch", "-w", str(REPO / "workspace.yaml"), "-j", JOB], cwd=REPO, env=env)
-        # README's main command, in the same instance.
+        # README's main command and its `dg` form, in the same instance.
         run([str(BIN / "dagster"), "job", "execute", "-m", "comfy_pipeline", "-j", JOB], cwd=tmp_path, env=env)
+        run([str(BIN / "dg"), "launch", "--job", JOB, "--target-path", str(REPO)], cwd=tmp_path, env=env)
         with dg.DagsterInstance.get() as instance:
             def all_done() -> bool:
                 runs = instance.get_runs(dg.RunsFilter(job_name=JOB))
-                return len(runs) == 2 and all(r.is_finished for r in runs)
+                return len(runs) == 3 and all(r.is_finished for r in runs)
 
             assert wait_until(all_done, timeout=240), [r.status for r in instance.get_runs()]
             everything = instance.get_runs(dg.RunsFilter(job_name=JOB))
-            assert [r.status for r in everything] == [dg.DagsterRunStatus.SUCCESS] * 2
+            assert [r.status for r in everything] == [dg.DagsterRunStatus.SUCCESS] * 3
             (launched,) = instance.get_runs(dg.RunsFilter(job_name=JOB, tags={UI_FILTER_TAG: LOCATION_LABEL}))
             assert launched.remote_job_origin.location_name == "comfy_pipeline"
-            (executed,) = [r for r in everything if r.run_id != launched.run_id]
-            assert executed.remote_job_origin is None  # stored and successful, but of no code location
+            in_the_shell = [r for r in everything if r.run_id != launched.run_id]
+            assert [r.remote_job_origin for r in in_the_shell] == [None, None]  # stored, but of no code location
         # The job's Runs tab in the UI lists the launched run only.
         assert runs_tab(port) == [{"runId": launched.run_id, "status": "SUCCESS"}]
     finally:
