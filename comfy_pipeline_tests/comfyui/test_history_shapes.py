@@ -2,8 +2,6 @@
 in the client and in a Dagster run, never an AttributeError or TypeError deep inside the client."""
 
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -11,7 +9,7 @@ from comfy_pipeline.comfyui import ComfyUIClient
 from comfy_pipeline.comfyui.answers import ProtocolError
 from comfy_pipeline.definitions import defs
 from comfy_pipeline_tests.support.helpers import failure_text
-from comfy_pipeline_tests.support.hostile_server import HostileServer
+from comfy_pipeline_tests.support.hostile_server import HostileServer, forward_to
 
 PROMPT_ID = "0b7c9d2e-1111-4a4a-8888-000000000003"
 FINE = {"status_str": "success", "completed": True, "messages": []}
@@ -67,32 +65,6 @@ def test_other_lists_and_a_missing_subfolder_are_still_accepted():
         result = client.wait(PROMPT_ID, timeout=20)
     assert [(f.filename, f.subfolder, f.type, f.kind) for f in result.outputs] == [("x_00001_.png", "", "output",
                                                                                     "video")]
-
-
-def forward_to(target: str, corrupt):
-    """An answer that passes the request on to `target` and hands back its answer, a finished /history entry
-    passed through `corrupt` first: a proxy that mangles exactly one kind of answer."""
-
-    def answer(handler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else None
-        request = urllib.request.Request(target + handler.path, data=body, method=handler.command,
-                                         headers={"Content-Type": handler.headers.get("Content-Type", "")})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, content_type, data = response.status, response.headers.get("Content-Type", ""), response.read()
-        except urllib.error.HTTPError as error:
-            status, content_type, data = error.code, error.headers.get("Content-Type", ""), error.read()
-        if handler.path.startswith("/history/") and status == 200:
-            value = json.loads(data)
-            data = json.dumps({key: corrupt(item) for key, item in value.items()}).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
-
-    return answer
 
 
 def test_a_run_whose_history_answers_are_mangled_fails_naming_the_endpoint(simulator, instance, tmp_path):

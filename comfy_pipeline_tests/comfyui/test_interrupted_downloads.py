@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from comfy_pipeline_tests.comfyui.test_history_shapes import forward_to
-from comfy_pipeline_tests.support.hostile_server import HostileServer
+from comfy_pipeline_tests.support.hostile_server import HostileServer, forward_to
 
 BATCH = """
 import sys

@@ -1,7 +1,10 @@
 """A small HTTP server that misbehaves on purpose, in its own thread on loopback: it records every request it
 gets (so a test can see which credentials reached it) and answers each path the way a test tells it to."""
 
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -52,3 +55,29 @@ class HostileServer:
     def saw(self, text: str) -> bool:
         """Did any request carry `text` in a header or its path?"""
         return any(text in path or any(text in v for v in headers.values()) for _, path, headers in self.requests)
+
+
+def forward_to(target: str, corrupt):
+    """An answer that passes the request on to `target` and hands back its answer, a finished /history entry
+    passed through `corrupt` first: a proxy that mangles exactly one kind of answer."""
+
+    def answer(handler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        request = urllib.request.Request(target + handler.path, data=body, method=handler.command,
+                                         headers={"Content-Type": handler.headers.get("Content-Type", "")})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, content_type, data = response.status, response.headers.get("Content-Type", ""), response.read()
+        except urllib.error.HTTPError as error:
+            status, content_type, data = error.code, error.headers.get("Content-Type", ""), error.read()
+        if handler.path.startswith("/history/") and status == 200:
+            value = json.loads(data)
+            data = json.dumps({key: corrupt(item) for key, item in value.items()}).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return answer
