@@ -7,6 +7,10 @@ input. Adding a workflow means dropping both files into the folder: no code.
 Everything a caller passes is checked here, against the map and against the node's bundled object_info
 schema, before a single GPU second is spent; errors name the workflow, the parameter, the value and what
 is allowed.
+
+Where a workflow may come from: run config names one in the workflows folders (`load_workflow`; several with
+$COMFY_PIPELINE_WORKFLOWS_DIR), because anyone who can launch a run writes run config; the command line may also
+give the path of any workflow file of the user's own (`load_user_workflow`).
 """
 
 import dataclasses
@@ -526,11 +530,16 @@ def load_workflow(name_or_path: str | Path, *, directory: Path | None = None) ->
 
 
 def _user_file(name_or_path: str | Path) -> Path | None:
-    """The file a command-line argument names as a path (it has a folder part or ends in .json, and exists from
-    the current directory), resolved; None for a bare workflow name."""
+    """The file a command-line argument names, resolved, or None for a workflow name. A path (with a folder part
+    or ending in .json) is taken from the current directory; a bare name is a workflow in the workflows folders,
+    else NAME.json in the current directory."""
     text = os.fspath(name_or_path)
-    if not text or "\x00" in text or not (os.sep in text or text.endswith(".json")):
+    if not text or "\x00" in text:
         return None
+    if not (os.sep in text or text.endswith(".json")):
+        if any((folder / f"{text}.json").exists() for folder in workflows_dirs()):
+            return None
+        text += ".json"
     path = Path(text).expanduser()
     if not path.exists() and not text.endswith(".json"):
         path = path.with_name(path.name + ".json")

@@ -89,6 +89,10 @@ def test_a_path_on_the_command_line_loads_wherever_it_is(tmp_path, monkeypatch):
     assert load_user_workflow("elsewhere/my_flat_image.json").name == "my_flat_image"
     assert load_user_workflow("elsewhere/my_flat_image").name == "my_flat_image"  # .json may be left out
     assert load_user_workflow("smoke_video").path.parent == REPO_WORKFLOWS.resolve()  # a name: the folders
+    own_workflow(tmp_path, "smoke_video", "smoke_image")  # ... first, even with a file of that name here
+    assert load_user_workflow("smoke_video").path.parent == REPO_WORKFLOWS.resolve()
+    own_workflow(tmp_path, "only_here")
+    assert load_user_workflow("only_here").path == (tmp_path / "only_here.json").resolve()  # else NAME.json here
     for bad, fragment in [
         ("elsewhere", "not found"),  # a bare name is a workflow name, even with a folder of that name here
         ("elsewhere/my_flat_image.params.json", "is not a workflow file"),
