@@ -36,8 +36,8 @@ class ComfyUIResource(dg.ConfigurableResource):
 
     url: str | None = Field(
         default=None,
-        description="ComfyUI base URL, e.g. http://gpu-box:8188 (env COMFYUI_URL); `simulator` for the embedded "
-                    "simulator.",
+        description="ComfyUI base URL, e.g. http://gpu-box:8188; wins over COMFYUI_URLS and COMFYUI_URL. "
+                    "`simulator` for the embedded simulator.",
     )
     urls: list[str] | None = Field(
         default=None,
