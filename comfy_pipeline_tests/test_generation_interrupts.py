@@ -10,12 +10,12 @@ import pytest
 import requests
 
 from comfy_pipeline.batch import outputs
-from comfy_pipeline.comfyui.client import ComfyUIClient
-from comfy_pipeline.batch.runner import BatchInterrupted, Job, run_batch
 from comfy_pipeline.batch.interrupts import interrupt_flag
+from comfy_pipeline.batch.runner import BatchInterrupted, Job, run_batch
+from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.conftest import wait_until
 from comfy_pipeline.workflows.workflow import load_workflow
+from comfy_pipeline_tests.conftest import wait_until
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowing is the point
@@ -70,10 +70,9 @@ def test_stop_cancels_running_and_queued_prompts_and_raises(slow_sim, tmp_path):
             run_batch(client, jobs, max_in_flight=3, prompt_timeout=1200, stop=stop)
         assert time.monotonic() - started < 40  # not the 60 s of simulated GPU time, nor the prompt timeout
 
-    deadline = time.monotonic() + 60  # the interrupt lands at the next sampler step (7.5 s apart)
-    while (queue := requests.get(f"{slow_sim.url}/queue", timeout=5).json())["queue_running"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert queue == {"queue_running": [], "queue_pending": []}
+    # the interrupt lands at the next sampler step (7.5 s apart)
+    assert wait_until(lambda: requests.get(f"{slow_sim.url}/queue", timeout=5).json() == {"queue_running": [],
+                                                                                         "queue_pending": []}, 60)
     history = requests.get(f"{slow_sim.url}/history", timeout=5).json()
     assert [entry["status"]["messages"][-1][0] for entry in history.values()] == ["execution_interrupted"]
     assert not list(folder.iterdir())
