@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from urllib3.exceptions import NewConnectionError
 
 from . import answers, deadlines
@@ -272,7 +273,7 @@ class ComfyUIClient:
             with response, deadlines.deadline(self.read_timeout) as limit:
                 limit.note(response.raw.connection)
                 data = response.raw.read(65536, decode_content=True)
-        except (requests.RequestException, OSError, ValueError) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             return f"(its text could not be read: {type(exc).__name__})"
         return "" if limit.expired else data.decode(response.encoding or "utf-8", "replace")
 
