@@ -120,6 +120,28 @@ class StepOutcome:
         path = outputs.kind_dir(run_folder, "reports") / f"{name}_items.json"
         return outputs.write_json(path, self.manifest().listing_json(), replace=True)
 
+    def facts(self) -> dict[str, Any]:
+        """Plain facts for the UI, the same few however many prompts: the servers, counts, the first output's."""
+        first, server = self.items[0], self.server
+        return {
+            "backend": server.backend, "comfyui_url": ", ".join(sorted({i.comfyui_url for i in self.items})),
+            "comfyui_version": server.comfyui_version or "?", "gpu": server.gpu or "?",
+            "vram_total_gb": server.vram_total_gb, "workflow": first.workflow, "workflow_sha256": first.workflow_sha256,
+            "count": len(self.items), "failed_prompts": len(self.failed), "prompt": first.prompt, "seed": first.seed,
+            "prompt_id": first.prompt_id, "size_bytes": first.size_bytes, "sha256": first.sha256,
+            **{f"{phase}_s": first.timings_s.get(phase, 0.0) for phase in ("queue_wait", "execution", "download")},
+            **first.facts,
+        }
+
+    def check_counts(self) -> dict[str, Any]:
+        return {"outputs": len(self.items), "passed_outputs": len(self.items) - len(self.broken),
+                "failed_outputs": len(self.broken), "failed_prompts": len(self.failed),
+                "validation_s": round(sum(item.timings_s.get("validation", 0.0) for item in self.items), 4)}
+
+    def outputs_per_server(self) -> dict[str, int]:
+        servers = sorted({item.comfyui_url for item in self.items})
+        return {url: sum(item.comfyui_url == url for item in self.items) for url in servers}
+
     def problems(self) -> list[str]:
         """One line per failed check (its message names the file) and per failed prompt."""
         bad = [c.message for item in self.items for c in item.checks if not c.passed]

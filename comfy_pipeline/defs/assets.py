@@ -230,38 +230,21 @@ def _materialize(context: dg.AssetExecutionContext, kind: _Kind, outcome: step.S
     """The manifest (the asset's value) and the metadata the UI shows. The metadata stays the same size however
     many prompts a run has: the first output's facts, counts, at most MAX_PREVIEWS previews and MAX_TABLE_ROWS
     rows; the full list of outputs is `listing`, which the metadata points to."""
-    items, failed, server, manifest = outcome.items, outcome.failed, outcome.server, outcome.manifest()
-    first = items[0]
-    servers = sorted({item.comfyui_url for item in items})
-    metadata: dict[str, Any] = {
-        "backend": server.backend, "comfyui_url": ", ".join(servers),
-        "comfyui_version": server.comfyui_version or "?", "gpu": server.gpu or "?",
-        "vram_total_gb": server.vram_total_gb, "workflow": first.workflow, "workflow_sha256": first.workflow_sha256,
-        "count": len(items), "failed_prompts": len(failed), "prompt": first.prompt, "seed": first.seed,
-        "prompt_id": first.prompt_id, "path": dg.MetadataValue.path(first.path), "size_bytes": first.size_bytes,
-        "sha256": first.sha256, "queue_wait_s": first.timings_s.get("queue_wait", 0.0),
-        "execution_s": first.timings_s.get("execution", 0.0), "download_s": first.timings_s.get("download", 0.0),
-        "timings_s": dg.MetadataValue.json(dict(manifest.timings_s)),
-        "items_json": dg.MetadataValue.path(str(listing)),
-        "outputs_per_server": dg.MetadataValue.json({url: sum(i.comfyui_url == url for i in items) for url in servers}),
-        "preview": dg.MetadataValue.md(outcome.previews(MAX_PREVIEWS)),
-        **first.facts, **_lineage_metadata(lineage),
+    manifest, bad = outcome.manifest(), outcome.problems()
+    metadata = {
+        **outcome.facts(), "path": dg.MetadataValue.path(outcome.items[0].path),
+        "timings_s": dg.MetadataValue.json(dict(manifest.timings_s)), "items_json": dg.MetadataValue.path(str(listing)),
+        "outputs_per_server": dg.MetadataValue.json(outcome.outputs_per_server()),
+        "preview": dg.MetadataValue.md(outcome.previews(MAX_PREVIEWS)), **_lineage_metadata(lineage),
     }
-    bad = outcome.problems()
     for item in outcome.broken:
         names = [c.name for c in item.checks if not c.passed]
         context.log.error(f"{item.path} failed check(s) {names}; the file is kept for inspection")
     check = dg.AssetCheckResult(
-        check_name=kind.check,
-        passed=not bad,
-        metadata={
-            "outputs": len(items), "passed_outputs": len(items) - len(outcome.broken),
-            "failed_outputs": len(outcome.broken), "failed_prompts": len(failed),
-            "validation_s": round(sum(item.timings_s.get("validation", 0.0) for item in items), 4),
-            "checks": dg.MetadataValue.md(outcome.checks_table(MAX_TABLE_ROWS)),
-            "failures": dg.MetadataValue.json(bad[:MAX_TABLE_ROWS]),
-        },
-        description="; ".join(bad)[:2000] if bad else f"{len(items)} output(s), every check passed",
+        check_name=kind.check, passed=not bad,
+        metadata={**outcome.check_counts(), "checks": dg.MetadataValue.md(outcome.checks_table(MAX_TABLE_ROWS)),
+                  "failures": dg.MetadataValue.json(bad[:MAX_TABLE_ROWS])},
+        description="; ".join(bad)[:2000] if bad else f"{len(outcome.items)} output(s), every check passed",
     )
     return dg.MaterializeResult(value=manifest.to_json(), metadata=metadata, check_results=[check])
 
