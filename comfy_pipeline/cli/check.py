@@ -66,10 +66,10 @@ PHASES = ("connection", "workflow_load", "upload", "queue_wait", "execution", "d
 # COMFY_PIPELINE_CHECK_RUNS_IN_FLIGHT=1 runs one test after another (the bench measures both).
 MAX_RUNS_IN_FLIGHT = 3
 # Tests whose image prompts are queued before Dagster loads: as many as the circuit breaker's threshold, so a
-# broken server gets no more prompts than the breaker lets fail. Once a test has passed, the server is known to
-# work and the queue is topped up as tests pass: every image-only test's prompt, and this many pipeline tests
-# ahead (each pipeline test's video goes behind whatever image prompts are queued then: a short lead keeps the
-# pipeline runs from waiting behind the whole check's images).
+# broken server gets no more prompts than the breaker lets fail. Once the first of them has succeeded (and again
+# whenever a test passes) the server is known to work and the queue is topped up: every image-only test's prompt,
+# and this many pipeline tests ahead (each pipeline test's video goes behind whatever image prompts are queued
+# then: a short lead keeps the pipeline runs from waiting behind the whole check's images).
 QUEUE_AHEAD = THRESHOLD
 STATUS_POLL_S = 0.05  # how often the check asks whether the first prompt queued ahead has ended
 CANCEL_WAIT_S = 15.0  # how long a stopped check waits for its cancelled prompts to leave the server
