@@ -212,7 +212,8 @@ class _Batch:
                  on_result: Callable[[JobResult], None] | None, stop: threading.Event, logger: logging.Logger,
                  ledger: "PromptLedger | None"):
         self.lanes, self.results, self.max_in_flight, self.timeouts = lanes, results, max_in_flight, timeouts
-        self.on_progress, self.on_result, self.stop, self.logger, self.ledger = on_progress, on_result, stop, logger, ledger
+        self.on_progress, self.on_result, self.stop = on_progress, on_result, stop
+        self.logger, self.ledger = logger, ledger
         self.pending: deque[JobResult] = deque(results)
         self.cond = threading.Condition()
         self.closing = False
@@ -392,7 +393,8 @@ class _CancelOnStop:
 
 
 def _submit(client: "ComfyUIClient", result: JobResult, object_info: dict, prompt_id: str | None = None,
-            ledger: "PromptLedger | None" = None, record: bool = True, client_id: str | None = None) -> _InFlight | None:
+            ledger: "PromptLedger | None" = None, record: bool = True,
+            client_id: str | None = None) -> _InFlight | None:
     """Upload, inject and queue the job (under `prompt_id` when given: a resubmit, or a prompt moved from a
     server that stopped answering); None with result.error on failure. The id goes to `ledger` first, with
     the server it is for, unless `record` is False (a resubmit to the same server)."""

@@ -647,7 +647,8 @@ class ComfyUIClient:
             outputs=self.outputs(entry),
             history=entry,
             cached_nodes=cached,
-            queued_at=queued_at if queued_at is not None else getattr(self._submitted.get(prompt_id), "submitted_at", None),
+            queued_at=queued_at if queued_at is not None
+            else getattr(self._submitted.get(prompt_id), "submitted_at", None),
             started_at=stamps.get("execution_start"),
             finished_at=stamps.get("execution_success"),
             noticed_at=noticed_at,

@@ -31,8 +31,12 @@ def _prompt_ids_field(what: str):
 
 class PromptSpecConfig(dg.Config):
     text: str = Field(description="What the image shows (the Z-Image-Turbo prompt).")
-    motion_prompt: str | None = Field(default=None, description="What happens in the video (LTX-2 prompt). Default: the image prompt.")
-    negative_prompt: str | None = Field(default=None, description="What the video should avoid. Default: the workflow's own.")
+    motion_prompt: str | None = Field(
+        default=None, description="What happens in the video (LTX-2 prompt). Default: the image prompt."
+    )
+    negative_prompt: str | None = Field(
+        default=None, description="What the video should avoid. Default: the workflow's own."
+    )
     seed: int = Field(default=0, description="Seed of both workflows (0 or more); the same seed gives the same output.")
     width: int = Field(default=1024, description="Image width: 256 to 2048, a multiple of 16.")
     height: int = Field(default=784, description="Image height: 256 to 2048, a multiple of 16.")

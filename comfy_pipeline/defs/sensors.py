@@ -116,10 +116,10 @@ def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResour
         data = event.step_failure_data
         user = data.user_failure_data
         metadata = {k: v.value for k, v in (user.metadata or {}).items()} if user else {}
-        message = (user.description if user and user.description else None) or (data.error.message if data.error else "")
-        steps.append(
-            {"step": event.step_key, "error": scrub(message.strip(), secrets), "comfyui_node": metadata.get("comfyui_node")}
-        )
+        message = (user.description if user and user.description else None) or (
+            data.error.message if data.error else "")
+        steps.append({"step": event.step_key, "error": scrub(message.strip(), secrets),
+                      "comfyui_node": metadata.get("comfyui_node")})
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "job": context.dagster_run.job_name,

@@ -259,7 +259,8 @@ def _as_version_mismatch(problem: Problem, object_info: dict, server_version: st
     if theirs == ours:
         return problem
     differ = sorted(n for n in set(theirs) | set(ours) if theirs.get(n) != ours.get(n))
-    shown = "; ".join(f"{n}: {_shape(theirs.get(n))} on the server, {_shape(ours.get(n))} in {TARGET_VERSION}" for n in differ)
+    shown = "; ".join(f"{n}: {_shape(theirs.get(n))} on the server, {_shape(ours.get(n))} in {TARGET_VERSION}"
+                      for n in differ)
     return Problem("version_mismatch", problem.node_id, problem.class_type, problem.input_name,
                    f"{problem.message} -- the server's {problem.class_type} differs from ComfyUI {TARGET_VERSION}'s, "
                    f"which the workflow was made for ({shown})",
