@@ -70,8 +70,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def dagster_env(home: Path, **extra: str) -> dict[str, str]:
     """A clean environment for Dagster subprocesses on the instance in `home`, with the suite's quick retries."""
-    return clean_env(DAGSTER_HOME=str(home), COMFY_PIPELINE_STEP_RETRIES="1", COMFY_PIPELINE_RETRY_DELAY_S="0.2",
-                     **extra)
+    quick_retries = {"COMFY_PIPELINE_STEP_RETRIES": "1", "COMFY_PIPELINE_RETRY_DELAY_S": "0.2"}
+    return clean_env(**{"DAGSTER_HOME": str(home), **quick_retries, **extra})  # `extra` may override the retries
 
 
 def check(tmp_path: Path, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
