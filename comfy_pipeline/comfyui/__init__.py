@@ -1,4 +1,6 @@
-"""ComfyUI protocol client. No Dagster here: this is usable on its own."""
+"""ComfyUI protocol client (no Dagster: usable on its own): HTTP and WebSocket, uploads and downloads with their
+deadlines, answers checked against ComfyUI's shapes, graph validation, the error tree (errors.py: which faults are
+transient) and the persistent `comfy-pipeline server` session (session.py)."""
 
 import importlib
 
