@@ -9,6 +9,9 @@ import pytest
 
 from comfy_pipeline_tests.support.helpers import BIN
 
+# slow tier (pytest -m slow; CI runs every tier): runs the quick benchmark
+pytestmark = pytest.mark.slow
+
 FIGURES = {
     "notice_latency_median_ms", "notice_latency_p95_ms", "gpu_utilisation", "job_overhead_s",
     "download_peak_memory_mb", "video_validation_s", "definitions_validate_s",

@@ -18,6 +18,9 @@ from dagster._core.instance.ref import InstanceRef
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.support.helpers import check, report_of
 
+# slow tier (pytest -m slow; CI runs every tier): whole check runs with overlapping Dagster runs
+pytestmark = pytest.mark.slow
+
 ENV_PREFIXES = ("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_", "TEST_TIMEOUT")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pytest
 import requests
 import yaml
 from dagster._core.instance.ref import InstanceRef
@@ -86,6 +87,7 @@ def assert_pixels_of_prompt(path: Path, text: str, seed: int, size: tuple[int, i
     assert made.shape == expected.shape and np.abs(made - expected).max() <= 2, f"{path} is not the picture of {text!r}"
 
 
+@pytest.mark.slow  # slow tier: runs launched in subprocesses
 def test_concurrent_runs_each_render_exactly_their_own_prompts(tmp_path):
     home = make_home(tmp_path)
     out = tmp_path / "out"
@@ -114,6 +116,7 @@ def test_concurrent_runs_each_render_exactly_their_own_prompts(tmp_path):
             assert {r["prompt"] for r in rows} == {p["text"] for p in wanted}
 
 
+@pytest.mark.slow  # slow tier: runs launched in subprocesses
 def test_each_asset_materializes_on_its_own_like_the_ui_button(tmp_path):
     # `dagster asset materialize --select X` runs __ASSET_JOB with that one asset, as the UI's Materialize does.
     home = make_home(tmp_path)
@@ -190,6 +193,7 @@ def _stop_when_a_video_runs(sim: Simulator) -> None:
         sim.stop()
 
 
+@pytest.mark.slow  # slow tier: runs launched in subprocesses
 def test_a_step_is_retried_automatically_across_a_server_restart(tmp_path):
     home = make_home(tmp_path)
     out = tmp_path / "out"
@@ -216,6 +220,7 @@ def test_a_step_is_retried_automatically_across_a_server_restart(tmp_path):
         assert_pixels_of_prompt(Path(image["path"]), "a windmill at dawn", 5, (256, 256))
 
 
+@pytest.mark.slow  # slow tier: runs launched in subprocesses
 def test_two_runs_share_one_server_under_a_pool_limit_without_timing_each_other_out(tmp_path):
     home = make_home(tmp_path, {"concurrency": {"pools": {"default_limit": 1}}})
     out = tmp_path / "out"

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 import comfy_pipeline.defs
 
@@ -39,6 +40,7 @@ def run(*command: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # slow tier: a copy of the project loaded by dg
 def test_an_asset_file_scaffolded_into_defs_joins_the_code_location(tmp_path):
     project = copy_project(tmp_path)
     run(str(BIN / "dg"), "scaffold", "defs", "dagster.asset", "extra_asset.py", cwd=project)
@@ -84,6 +86,7 @@ def test_the_code_location_is_the_defs_folder_plus_the_shared_resources():
     assert defs.resolve_job_def("image_to_video_job").executor_def is dg.in_process_executor
 
 
+@pytest.mark.slow  # slow tier: a copy of the project loaded by dg
 def test_the_package_alone_loads_as_an_installed_wheel_would(tmp_path):
     # A wheel puts the package in site-packages with no pyproject.toml above it (dg.load_from_defs_folder needs one).
     shutil.copytree(REPO / "comfy_pipeline", tmp_path / "comfy_pipeline", ignore=shutil.ignore_patterns("__pycache__"))

@@ -10,16 +10,17 @@ gives them no way to name one), as README says.
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import requests
 
-from comfy_pipeline_tests.support.helpers import free_port, wait_until
+from comfy_pipeline_tests.support.helpers import BIN, REPO, free_port, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+# slow tier (pytest -m slow; CI runs every tier): dg dev and three kinds of run
+pytestmark = pytest.mark.slow
+
 JOB = "comfyui_connection_job"
 UI_FILTER_TAG = ".dagster/repository"
 LOCATION_LABEL = "__repository__@comfy_pipeline"  # a Definitions' repository is __repository__

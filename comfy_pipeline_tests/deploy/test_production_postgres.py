@@ -34,6 +34,9 @@ from comfy_pipeline.defs.resources import SERVER_TAG, gpu_pool
 from comfy_pipeline_tests.support.helpers import BIN, REPO, dagster_env, free_port, wait_until
 from comfy_pipeline_tests.support.postgres_cluster import PostgresCluster, PostgresUnavailable
 
+# slow tier (pytest -m slow; CI runs every tier): a PostgreSQL cluster and a daemon per test
+pytestmark = pytest.mark.slow
+
 DEPLOY = REPO / "deploy"
 SMALL = {"width": 256, "height": 256, "frames": 9, "fps": 8}
 NO_SERVER = "No ComfyUI server is configured"

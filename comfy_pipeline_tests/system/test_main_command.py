@@ -6,6 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from comfy_pipeline.media import probe_image, probe_video
@@ -105,6 +106,7 @@ def run_dg(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> 
     return subprocess.run([str(BIN / "dg"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # slow tier: dg in subprocesses
 def test_dg_checks_and_lists_the_definitions():
     # README: dg check defs / dg list defs, from the project folder after the one setup command
     checked = run_dg("check", "defs", cwd=REPO, env=clean_env(), timeout=120)
@@ -120,6 +122,7 @@ def test_dg_checks_and_lists_the_definitions():
     assert {"image_to_video_job", "image_generation_job", "video_generation_job"} <= {j["name"] for j in found["jobs"]}
 
 
+@pytest.mark.slow  # slow tier: dg in subprocesses
 def test_dg_launch_runs_the_main_job_and_single_assets(tmp_path):
     # README: dg launch --job image_to_video_job   (the current form of the main command)
     env = clean_env(DAGSTER_HOME=str(tmp_path / "home"))
@@ -136,6 +139,7 @@ def test_dg_launch_runs_the_main_job_and_single_assets(tmp_path):
     assert len(list((tmp_path / "comfy_outputs").rglob("*.mp4"))) == 2
 
 
+@pytest.mark.slow  # slow tier: dg in subprocesses
 def test_dg_dev_serves_the_code_location(tmp_path):
     # README: dg dev   (webserver + daemon; the schedule and sensors run)
     port = free_port()

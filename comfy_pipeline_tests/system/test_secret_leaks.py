@@ -17,6 +17,9 @@ from comfy_pipeline.defs.sensors import failure_log_sensor
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.support.helpers import BIN, clean_env, free_port
 
+# slow tier (pytest -m slow; CI runs every tier): every way a secret could leak, through whole check runs
+pytestmark = pytest.mark.slow
+
 TOKEN = f"canary-token-{secrets.token_hex(8)}"
 USER = "canary-user"
 PASSWORD = f"canary-password-{secrets.token_hex(8)}"

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import dagster as dg
+import pytest
 import requests
 
 from comfy_pipeline.simulator import Simulator
@@ -19,6 +20,9 @@ from comfy_pipeline_tests.support.helpers import (
     items_of,
     materializations,
 )
+
+# slow tier (pytest -m slow; CI runs every tier): 50 prompts with random faults
+pytestmark = pytest.mark.slow
 
 SEED = 20261121
 PROMPT_FAULTS = {
