@@ -224,32 +224,40 @@ def test_a_step_is_retried_automatically_across_a_server_restart(tmp_path):
 def test_two_runs_share_one_server_under_a_pool_limit_without_timing_each_other_out(tmp_path):
     home = make_home(tmp_path, {"concurrency": {"pools": {"default_limit": 1}}})
     out = tmp_path / "out"
-    # Each prompt needs 1 s of GPU; prompt_timeout 1.8 s is enough for one prompt, not for the wait behind the
-    # other run's: it counts from the moment the prompt starts executing.
+    # The simulator holds its "GPU" until one run's GPU step is seen waiting for the pool, so the runs overlap
+    # whatever the machine's speed; then each prompt takes 1 s of GPU.
     with Simulator(data_dir=tmp_path / "sim", image_seconds=1.0) as sim:
+        sim.hold_sampling()
         procs = {
             name: launch(home, "image_generation_job",
                          run_config(sim.url, out, [{"text": f"{name} {j}", "seed": j, **SMALL} for j in range(2)],
-                                    prompt_timeout=1.8, max_in_flight=2),
+                                    prompt_timeout=600, max_in_flight=2),
                          tmp_path, name, COMFYUI_URL=sim.url)
             for name in ("a", "b")
         }
+        with open_instance(home) as instance:
+            waited = wait_until(lambda: bool(_pool_waits(instance)), timeout=240)
+        sim.release_sampling()
         logs = {name: proc.communicate(timeout=300)[0] for name, proc in procs.items()}
         history = requests.get(f"{sim.url}/history", timeout=5).json()
     for name, proc in procs.items():
         assert proc.returncode == 0, logs[name][-4000:]
+    assert waited, "no step waited for the pool"
     with open_instance(home) as instance:
         spans = {}
         for run in instance.get_runs():
             ids = [i["prompt_id"] for i in materialization_of(instance, run.run_id, "generated_image")["items"]]
             stamps = [_stamps(history[prompt_id]) for prompt_id in ids]
             spans[run.tags["case"]] = (min(s for s, _ in stamps), max(e for _, e in stamps))
-        blocked = [r for run in instance.get_runs() for r in instance.get_records_for_run(
-            run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
-            if "blocked by limit for pool" in (r.event_log_entry.user_message or "")]
     (first, second) = sorted(spans.values())
     assert first[1] <= second[0], f"the two runs' prompts interleaved on the server: {spans}"
-    assert blocked, "no step waited for the pool"
+
+
+def _pool_waits(instance) -> list:
+    """The engine events saying a step waits for its pool, in every run of `instance`."""
+    return [r for run in instance.get_runs() for r in instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+        if "blocked by limit for pool" in (r.event_log_entry.user_message or "")]
 
 
 def _stamps(entry: dict) -> tuple[float, float]:

@@ -185,9 +185,11 @@ WORKFLOW_CASES = [
 
 
 @pytest.mark.parametrize("name, expected", [c[1:] for c in WORKFLOW_CASES], ids=[c[0] for c in WORKFLOW_CASES])
-def test_validate_workflow_cli_rejects(name, expected, bad_workflows):
+def test_validate_workflow_cli_rejects(name, expected, bad_workflows, tmp_path):
+    # From tmp_path: a path on the command line is the user's own file when it exists, so where the command runs
+    # decides what '../../etc/passwd' is (here: nothing, a name that climbs out of the workflows folder).
     proc = subprocess.run(
-        [sys.executable, "-m", "comfy_pipeline.cli", "validate-workflow", name],
+        [sys.executable, "-m", "comfy_pipeline.cli", "validate-workflow", name], cwd=tmp_path,
         env=clean_env(**{ENV_DIR: str(bad_workflows)}), capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
