@@ -24,6 +24,7 @@ from comfy_pipeline.batch.inspection import Inspection, describe, inspect_image,
 from comfy_pipeline.batch.interrupts import interrupt_flag
 from comfy_pipeline.batch.progress import ProgressLogger
 from comfy_pipeline.batch.records import FailedPrompt, GenerationManifest, OutputItem, ServerInfo
+from comfy_pipeline.batch.report import batch_figures, failure_lines, output_rows, reason_of, verdict
 from comfy_pipeline.batch.runner import BatchInterrupted, JobResult, run_batch
 from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
 from comfy_pipeline.media import MediaError, probe_image
@@ -104,15 +105,20 @@ class StepOutcome:
         return found
 
     def incomplete(self) -> str:
-        """What is missing or broken, for a step that fails after recording everything good."""
-        broken = [item.path for item in self.broken]
+        """What is missing or broken, for a step that fails after recording everything good: each failed prompt
+        and each failed output with its reason."""
+        broken = [f"{item.path}: {reason_of(item)}" for item in self.broken]
         return ((self.summary() if self.failed else "")
-                + (f"\n{len(broken)} output(s) failed their checks: {', '.join(broken)}" if broken else "")
-                + f"\nThe other {len(self.items) - len(broken)} output(s) were checked and recorded.")
+                + (f"\n{len(broken)} of {len(self.items)} output(s) failed their checks:\n" + "\n".join(broken)
+                   if broken else "")
+                + f"\nThe other {len(self.items) - len(broken)} output(s) passed and were recorded.").lstrip("\n")
 
     def previews(self, count: int) -> str:
-        """Markdown: the first `count` outputs' prompts and previews."""
-        return "\n\n".join(f"**{md_cell(item.prompt)[:120]}**\n\n{item.preview}" for item in self.items[:count])
+        """Markdown: the first `count` outputs' previews, each under its job, verdict and prompt."""
+        shown = [f"**{item.job}, {'passed' if item.passed else 'FAILED'}: {md_cell(item.prompt)[:120]}**\n\n"
+                 f"{item.preview}" for item in self.items[:count]]
+        more = len(self.items) - count
+        return "\n\n".join(shown + ([f"({more} more outputs: see items_json)"] if more > 0 else []))
 
     def write_listing(self, run_folder: Path, name: str) -> Path:
         """The items report, `reports/<name>_items.json`: every output and failed prompt, with the server's
@@ -121,38 +127,40 @@ class StepOutcome:
         return outputs.write_json(path, self.manifest().listing_json(), replace=True)
 
     def facts(self) -> dict[str, Any]:
-        """Plain facts for the UI, the same few however many prompts: the servers, counts, the first output's."""
-        first, server = self.items[0], self.server
+        """Facts of the whole batch for the UI, the same few however many prompts: the servers, the workflow, the
+        batch figures (report.batch_figures), per-output means of the phases, and the distinct sizes made."""
+        server, items = self.server, self.items
+        first = items[0] if items else None
         return {
-            "backend": server.backend, "comfyui_url": ", ".join(sorted({i.comfyui_url for i in self.items})),
+            "backend": server.backend, "comfyui_url": ", ".join(sorted({i.comfyui_url for i in items})),
             "comfyui_version": server.comfyui_version or "?", "gpu": server.gpu or "?",
-            "vram_total_gb": server.vram_total_gb, "workflow": first.workflow, "workflow_sha256": first.workflow_sha256,
-            "count": len(self.items), "failed_prompts": len(self.failed), "prompt": first.prompt, "seed": first.seed,
-            "prompt_id": first.prompt_id, "size_bytes": first.size_bytes, "sha256": first.sha256,
-            **{f"{phase}_s": first.timings_s.get(phase, 0.0) for phase in ("queue_wait", "execution", "download")},
-            **first.facts,
+            "vram_total_gb": server.vram_total_gb, "workflow": first.workflow if first else "",
+            "workflow_sha256": first.workflow_sha256 if first else "", **self.check_counts(),
+            "size_bytes_total": sum(i.size_bytes for i in items),
+            **{f"{phase}_s_mean": _mean([i.timings_s.get(phase, 0.0) for i in items])
+               for phase in ("queue_wait", "execution", "download")},
+            **output_shapes(items),
         }
 
-    def check_counts(self) -> dict[str, Any]:
-        return {"outputs": len(self.items), "passed_outputs": len(self.items) - len(self.broken),
-                "failed_outputs": len(self.broken), "failed_prompts": len(self.failed),
-                "validation_s": round(sum(item.timings_s.get("validation", 0.0) for item in self.items), 4)}
+    def check_counts(self) -> dict[str, int | float]:
+        """The batch's plottable numbers (report.batch_figures): counts, measure means and worst values."""
+        return batch_figures(self.manifest())
+
+    def rows(self, asset: str = "") -> list[dict[str, Any]]:
+        """One row per output, regenerated attempt and failed prompt (report.output_rows)."""
+        return output_rows(asset, self.manifest())
 
     def outputs_per_server(self) -> dict[str, int]:
         servers = sorted({item.comfyui_url for item in self.items})
         return {url: sum(item.comfyui_url == url for item in self.items) for url in servers}
 
     def problems(self) -> list[str]:
-        """One line per failed check (its message names the file) and per failed prompt."""
-        bad = [c.message for item in self.items for c in item.checks if not c.passed]
-        return bad + [f"{f.line()} (no output)" for f in self.failed]
+        """One line per failed output (its path and reason) and per failed prompt (its error)."""
+        return failure_lines(self.rows())
 
-    def checks_table(self, max_rows: int) -> str:
-        """A markdown table: one row per output (at most `max_rows`), one column per check."""
-        header = ["output", *[c.name for c in self.items[0].checks]] if self.items else ["output"]
-        rows = [[Path(item.path).name, *["pass" if c.passed else f"FAIL: {c.value}" for c in item.checks]]
-                for item in self.items[:max_rows]]
-        return md_table(header, rows)
+    def verdict(self) -> str:
+        """What the step's check says: `2 of 4 outputs failed: <path>: <reason>; ...`, or that all passed."""
+        return verdict(self.rows())
 
     def manifest(self) -> GenerationManifest:
         first = self.items[0] if self.items else None
@@ -227,6 +235,23 @@ def sources_from_files(spec: PromptSpec, paths: Sequence[str]) -> list[Source]:
                                  "image.") from None
         sources.append(Source(i, spec, image))
     return sources
+
+
+def output_shapes(items: Sequence[OutputItem]) -> dict[str, str]:
+    """The distinct sizes (and, for videos, frames and fps) of the outputs, as text: one value when all agree."""
+    def distinct(values) -> str:
+        return ", ".join(dict.fromkeys(v for v in values if v)) or "?"
+
+    shapes = {"output_sizes": distinct(f"{i.facts['width']}x{i.facts['height']}" for i in items
+                                       if "width" in i.facts and "height" in i.facts)}
+    if any("frame_count" in i.facts for i in items):
+        shapes["output_frames"] = distinct(f"{i.facts.get('frame_count')} frames @ {i.facts.get('fps')} fps"
+                                           for i in items)
+    return shapes
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(sum(values) / len(values), 4) if values else 0.0
 
 
 def md_table(header: list[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -31,7 +31,7 @@ from comfy_pipeline.batch.records import (
     ServerInfo,
     error_facts,
 )
-from comfy_pipeline.batch.report import write_report
+from comfy_pipeline.batch.report import FAILED, MEASURES, REGENERATED, batch_figures, verdict, write_report
 from comfy_pipeline.batch.runner import BatchInterrupted
 from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
 from comfy_pipeline.defs.config import ImageConfig, PromptConfig, VideoConfig
@@ -43,6 +43,8 @@ from comfy_pipeline.workflows.workflow import WorkflowError
 GROUP = "comfy"
 MAX_PREVIEWS = 6
 MAX_TABLE_ROWS = 200  # the report's table in the UI; the full report is the JSON/CSV file it points to
+# Markdown metadata this long opens from the UI's "Show Markdown" button: the label says so.
+PREVIEWS_LABEL = "previews (open with Show Markdown)"
 BACKEND_TAG = "comfy_pipeline/backend"
 
 # Transient server faults (errors.is_transient: unreachable, restarted, 5xx) are retried with this policy's
@@ -132,8 +134,9 @@ def ltx2_video(
 @dg.asset(
     group_name=GROUP,
     kinds={"pandas", "json", "csv"},
-    description="Every check of every output, and every failed prompt, one row each, written as JSON and CSV: "
-    "this run's outputs, or the latest ones when materialized on its own.",
+    description="One row per output (its verdict, the reason, its content measures), per regenerated attempt and "
+    "per failed prompt, written as JSON (with every check) and CSV: this run's outputs, or the latest ones when "
+    "materialized on its own.",
     check_specs=[
         dg.AssetCheckSpec(
             "all_outputs_valid", asset="validation_report",
@@ -149,33 +152,35 @@ def validation_report(
         raise dg.Failure(description="Nothing to report: neither generated_image nor ltx2_video has been "
                          "materialized. Run image_to_video_job first.", allow_retries=False)
     report = write_report(outputs.kind_dir(_run_folder(context, comfy), "reports"), context.run_id, produced)
-    frame, failed = report.frame, report.failed
-    passed = len(frame) - len(failed)
-    context.log.info(f"validation report: {passed} passed, {len(failed)} failed -> {report.json_path}")
-    shown = frame.sort_values("passed", kind="stable").head(MAX_TABLE_ROWS)  # failures first
-    failed_prompts = [f for manifest in produced.values() for f in manifest.failed]
-    counts = {"passed": passed, "failed": len(failed), "failed_prompts": len(failed_prompts)}
-    failed_checks = failed[["asset", "check", "path", "message"]].head(MAX_TABLE_ROWS).to_dict("records")
+    said = verdict(report.rows)
+    context.log.info(f"validation report: {said[:500]} -> {report.json_path}")
+    counts = _numbers({
+        "outputs": report.outputs, "passed_outputs": report.passed, "failed_outputs": report.failed_outputs,
+        "failed_prompts": report.failed_prompts, "regenerated": report.regenerated,
+        "validation_s": round(sum(batch_figures(m)["validation_s"] for m in produced.values()), 4),
+    })
     yield dg.MaterializeResult(
-        value=ReportManifest(str(report.json_path), str(report.csv_path), passed, len(failed)).to_json(),
+        value=ReportManifest(str(report.json_path), str(report.csv_path), report.passed,
+                             len(report.failed)).to_json(),
         metadata={
             "backend": report.backend, **counts,
             "report_json": dg.MetadataValue.path(str(report.json_path)),
             "report_csv": dg.MetadataValue.path(str(report.csv_path)),
             "timings_s": dg.MetadataValue.json(report.timings),
-            "report": _table(shown),
-            "dagster/row_count": len(frame),
+            **_rows_table("report", report.rows, with_asset=True),
+            "dagster/row_count": len(report.rows),
             **_lineage_metadata({name: m.source for name, m in produced.items()}),
         },
         check_results=[dg.AssetCheckResult(
-            check_name="all_outputs_valid", passed=failed.empty,
-            metadata={**counts, "failed_checks": dg.MetadataValue.json(failed_checks)},
-            description=None if failed.empty else f"{len(failed)} check(s) failed; see {report.json_path}",
+            check_name="all_outputs_valid", passed=not report.failed,
+            metadata={**counts, "report_json": dg.MetadataValue.path(str(report.json_path)),
+                      **(_rows_table("failed_rows", report.failed, with_asset=True) if report.failed else {})},
+            description=said[:2000],
         )],
     )
-    if not failed.empty:
-        raise dg.Failure(description=report.failure(failed_prompts), allow_retries=False,
-                         metadata={"failed": len(failed), "failed_prompts": len(failed_prompts)})
+    if report.failed:
+        raise dg.Failure(description=report.failure(), allow_retries=False,
+                         metadata={"failed_outputs": report.failed_outputs, "failed_prompts": report.failed_prompts})
 
 
 # --- from the step's outcome to Dagster ------------------------------------------------------------------
@@ -228,23 +233,25 @@ def _gpu_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, kind: _
 def _materialize(context: dg.AssetExecutionContext, kind: _Kind, outcome: step.StepOutcome, listing: Path,
                  lineage: dict[str, Lineage | None]) -> dg.MaterializeResult:
     """The manifest (the asset's value) and the metadata the UI shows. The metadata stays the same size however
-    many prompts a run has: the first output's facts, counts, at most MAX_PREVIEWS previews and MAX_TABLE_ROWS
-    rows; the full list of outputs is `listing`, which the metadata points to."""
-    manifest, bad = outcome.manifest(), outcome.problems()
+    many prompts a run has: the batch's facts and figures (numbers the UI plots run after run), at most
+    MAX_PREVIEWS previews, and on the check at most MAX_TABLE_ROWS rows, failures first; the full list of
+    outputs is `listing`, which the metadata points to."""
+    manifest, rows = outcome.manifest(), outcome.rows(context.asset_key.to_user_string())
     metadata = {
-        **outcome.facts(), "path": dg.MetadataValue.path(outcome.items[0].path),
+        **_numbers(outcome.facts()), "output_folder": dg.MetadataValue.path(str(Path(outcome.items[0].path).parent)),
         "timings_s": dg.MetadataValue.json(dict(manifest.timings_s)), "items_json": dg.MetadataValue.path(str(listing)),
         "outputs_per_server": dg.MetadataValue.json(outcome.outputs_per_server()),
-        "preview": dg.MetadataValue.md(outcome.previews(MAX_PREVIEWS)), **_lineage_metadata(lineage),
+        PREVIEWS_LABEL: dg.MetadataValue.md(outcome.previews(MAX_PREVIEWS)), **_lineage_metadata(lineage),
     }
     for item in outcome.broken:
         names = [c.name for c in item.checks if not c.passed]
         context.log.error(f"{item.path} failed check(s) {names}; the file is kept for inspection")
+    failing = bool(outcome.failed or outcome.broken)
     check = dg.AssetCheckResult(
-        check_name=kind.check, passed=not bad,
-        metadata={**outcome.check_counts(), "checks": dg.MetadataValue.md(outcome.checks_table(MAX_TABLE_ROWS)),
-                  "failures": dg.MetadataValue.json(bad[:MAX_TABLE_ROWS])},
-        description="; ".join(bad)[:2000] if bad else f"{len(outcome.items)} output(s), every check passed",
+        check_name=kind.check, passed=not failing,
+        metadata={**_numbers(outcome.check_counts()), **_rows_table("outputs", rows, with_asset=False),
+                  "items_json": dg.MetadataValue.path(str(listing))},
+        description=outcome.verdict()[:2000],
     )
     return dg.MaterializeResult(value=manifest.to_json(), metadata=metadata, check_results=[check])
 
@@ -343,12 +350,36 @@ def _lineage_metadata(lineage: dict[str, Lineage | None]) -> dict[str, Any]:
     return meta
 
 
-def _table(frame) -> dg.MetadataValue:
-    columns = ["prompt", "asset", "check", "passed", "value", "expected", "message"]
-    types = {"passed": "bool"}
-    records = [
-        dg.TableRecord({c: (bool(row[c]) if c == "passed" else "" if row[c] is None else str(row[c])) for c in columns})
-        for row in frame[columns].to_dict("records")
-    ]
-    schema = dg.TableSchema(columns=[dg.TableColumn(c, types.get(c, "string")) for c in columns])
-    return dg.MetadataValue.table(records=records, schema=schema)
+def _numbers(values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers as typed metadata (the UI plots an asset's or a check's numeric metadata across runs); text and
+    other values as they are."""
+    def typed(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        return dg.MetadataValue.int(value) if isinstance(value, int) else dg.MetadataValue.float(value)
+
+    return {key: typed(value) for key, value in values.items()}
+
+
+# Columns of the UI's tables after verdict and reason, and their types; measures nobody measured are left out.
+_TABLE_TAIL = {"attempt": "int", "seed": "int", "prompt": "string", "asset": "string", "path": "string",
+               "server": "string"}
+
+
+def _rows_table(name: str, rows: list[dict[str, Any]], *, with_asset: bool) -> dict[str, dg.MetadataValue]:
+    """A UI table of report rows (batch.report): one row per output, regenerated attempt or failed prompt, its
+    verdict and reason first, then its measures. At most MAX_TABLE_ROWS rows, the failed ones first; when rows
+    are left out an entry `<name>_shown` says how many and where the rest are."""
+    measures = [m for m in MEASURES if any(row[m] is not None for row in rows)]
+    tail = {k: v for k, v in _TABLE_TAIL.items() if with_asset or k != "asset"}
+    columns = {"verdict": "string", "reason": "string", **dict.fromkeys(measures, "float"), **tail}
+    order = {FAILED: 0, REGENERATED: 1}
+    shown = sorted(rows, key=lambda row: order.get(row["verdict"], 2))[:MAX_TABLE_ROWS]  # stable: prompt order
+    records = [dg.TableRecord({c: row[c] if t != "string" else "" if row[c] is None else str(row[c])
+                               for c, t in columns.items()}) for row in shown]
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns.items()])
+    table = {name: dg.MetadataValue.table(records=records, schema=schema)}
+    if len(shown) < len(rows):
+        table[f"{name}_shown"] = dg.MetadataValue.text(
+            f"the first {len(shown)} of {len(rows)} rows, failed ones first; every row is in the JSON report")
+    return table
