@@ -95,7 +95,34 @@ def check_video(
             decode_first_and_last_frame(path)
         except MediaError as exc:
             decode_error = str(exc)
+    return video_file_checks(
+        path,
+        size=size,
+        info=info,
+        probe_error=probe_error,
+        decode_error=decode_error,
+        width=width,
+        height=height,
+        frames=frames,
+        fps=fps,
+        thresholds=thresholds,
+    )
 
+
+def video_file_checks(
+    path: Path,
+    *,
+    size: int | None,
+    info: VideoInfo | None,
+    probe_error: str | None,
+    decode_error: str | None,
+    width: int | None,
+    height: int | None,
+    frames: int | None,
+    fps: float | None,
+    thresholds: VideoThresholds,
+) -> list[Check]:
+    """The seven file checks from what was probed and whether (and how) decoding failed."""
     return [
         _format_check(path, info and info.container, thresholds.containers, size, kind="video", error=probe_error),
         _size_check(path, size, thresholds.min_bytes, thresholds.max_bytes),
