@@ -56,8 +56,10 @@ def test_an_old_image_manifest_loads_with_defaults_for_what_it_did_not_record():
 def test_an_old_manifest_still_makes_a_report(tmp_path):
     report = write_report(tmp_path, "run-1", {"generated_image": GenerationManifest.from_json(OLD_IMAGE_MANIFEST)})
     rows = json.loads(report.json_path.read_text())["rows"]
-    assert [(r["check"], r["passed"]) for r in rows] == [("format", True), ("dimensions", False), ("produced", False)]
-    assert rows[2]["message"].startswith("prompt 1: ComfyUI prompt p-1 failed in node 57:3 (KSampler)")
+    assert [(r["job"], r["verdict"], r["reason"]) for r in rows] == [
+        ("prompt 0", "failed", "too small"),
+        ("prompt 1", "failed", "ComfyUI prompt p-1 failed in node 57:3 (KSampler): RuntimeError: boom")]
+    assert rows[0]["mean_luma"] is None and rows[0]["attempt"] == 1 and len(rows[0]["checks"]) == 2
 
 
 def test_what_is_written_reads_back_the_same():
