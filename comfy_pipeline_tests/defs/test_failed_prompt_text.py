@@ -34,8 +34,8 @@ def test_a_failed_prompt_reads_as_type_message_and_node_with_its_traceback_only_
 
         (report,) = materializations(result, "validation_report")
         rows = json.loads(Path(report.metadata["report_json"].value).read_text())["rows"]
-        (row,) = [r for r in rows if not r["passed"]]
-        assert "57:3 (KSampler)" in row["message"] and _no_traceback(row["message"])
+        (row,) = [r for r in rows if r["verdict"] == "failed"]
+        assert "57:3 (KSampler)" in row["reason"] and _no_traceback(row["reason"])
         csv = Path(report.metadata["report_csv"].value).read_text()
         assert "CUDA error" in csv and _no_traceback(csv)
 
@@ -77,6 +77,9 @@ def test_a_manifest_an_older_version_wrote_still_feeds_the_video_step(simulator,
         result = execute("video_generation_job", instance, run_config(simulator.url, tmp_path / "out"))
         assert result.success, failure_text(result)
         (videos,) = materializations(result, "ltx2_video")
-        assert videos.metadata["prompt"].value == "an old fox" and videos.metadata["count"].value == 1
+        assert videos.metadata["outputs"].value == 1
+        (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "video_quality"]
+        (row,) = check.metadata["outputs"].records
+        assert row.data["prompt"] == "an old fox" and row.data["seed"] == 7 and row.data["verdict"] == "passed"
         (item,) = result.asset_value("ltx2_video")["items"]
         assert item["job"] == "video 2" and item["input_image"] == str(image)

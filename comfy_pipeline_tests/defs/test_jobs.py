@@ -37,11 +37,11 @@ def test_image_to_video_job_produces_validated_outputs_with_metadata_and_lineage
         assert result.success, [e.message for e in result.all_events if e.is_failure]
 
         image_meta = materializations(result, "generated_image")[0].metadata
-        assert image_meta["count"].value == 2
+        assert image_meta["outputs"] == dg.IntMetadataValue(2) and image_meta["passed_outputs"].value == 2
         assert image_meta["backend"].value == "simulator"  # the server says what it is, whatever the URL
         assert image_meta["workflow"].value == "z_image_turbo_generation"
         assert len(image_meta["workflow_sha256"].value) == 64
-        assert image_meta["preview"].value.count("data:image/") == 2
+        assert image_meta["previews (open with Show Markdown)"].value.count("data:image/") == 2
         assert Path(image_meta["items_json"].value).is_relative_to(out)  # the list is a file, not metadata
         items = items_of(materializations(result, "generated_image")[0])
         for item in items:
@@ -59,10 +59,12 @@ def test_image_to_video_job_produces_validated_outputs_with_metadata_and_lineage
 
         assert all(check_evaluations(result).values())
         report_meta = materializations(result, "validation_report")[0].metadata
-        assert report_meta["failed"].value == 0 and report_meta["passed"].value == 2 * 4 + 2 * 7
+        assert report_meta["failed_outputs"].value == 0 and report_meta["passed_outputs"].value == 2 + 2
         report = json.loads(Path(report_meta["report_json"].value).read_text())
-        assert {row["asset"] for row in report["rows"]} == {"generated_image", "ltx2_video"}
-        assert Path(report_meta["report_csv"].value).read_text().startswith("prompt,asset,check,passed")
+        assert [(row["asset"], row["verdict"]) for row in report["rows"]] == [
+            ("generated_image", "passed"), ("generated_image", "passed"), ("ltx2_video", "passed"),
+            ("ltx2_video", "passed")]  # one row per output
+        assert Path(report_meta["report_csv"].value).read_text().startswith("verdict,reason,")
 
         # Lineage recorded in the instance: the video's materialization points at this run's image event.
         video_event = instance.get_latest_materialization_event(dg.AssetKey("ltx2_video"))
@@ -161,9 +163,10 @@ def test_one_failed_prompt_costs_only_itself(sim, tmp_path):
         assert [i["prompt"] for i in items_of(videos)] == ["the lucky one", "the other lucky one"]
         (report,) = materializations(result, "validation_report")
         rows = json.loads(Path(report.metadata["report_json"].value).read_text())["rows"]
-        (missing,) = [r for r in rows if not r["passed"]]
-        assert missing["prompt"] == "the unlucky one" and missing["check"] == "produced"
-        assert "57:3 (KSampler)" in missing["message"]
-        assert {r["asset"] for r in rows if r["passed"]} == {"generated_image", "ltx2_video"}
+        (missing,) = [r for r in rows if r["verdict"] != "passed"]
+        assert missing["prompt"] == "the unlucky one" and missing["verdict"] == "failed" and missing["path"] == ""
+        assert "57:3 (KSampler)" in missing["reason"]
+        assert {r["asset"] for r in rows if r["verdict"] == "passed"} == {"generated_image", "ltx2_video"}
         table = report.metadata["report"]
-        assert isinstance(table, dg.TableMetadataValue) and table.records[0].data["passed"] is False
+        assert isinstance(table, dg.TableMetadataValue) and table.records[0].data["verdict"] == "failed"
+        assert len(table.records) == 5  # 2 images, 2 videos, the failed prompt

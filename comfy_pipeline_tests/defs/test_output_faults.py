@@ -87,8 +87,10 @@ def test_corrupted_video_fails_its_check_and_is_kept_for_inspection(instance, si
     assert checks["video_quality"] is False and checks["all_outputs_valid"] is False
     (kept,) = [p for p in files_in(tmp_path / "out") if p.suffix == ".mp4"]
     report = json.loads(next(p for p in files_in(tmp_path / "out") if p.name == "validation_report.json").read_text())
-    failed = {(row["check"], row["path"]) for row in report["rows"] if not row["passed"]}
-    assert ("decodes", str(kept)) in failed  # the report marks the kept file failed
+    (failed,) = [row for row in report["rows"] if row["verdict"] == "failed"]
+    assert failed["path"] == str(kept)  # the report marks the kept file failed, saying why
+    assert not next(c for c in failed["checks"] if c["name"] == "decodes")["passed"]
+    assert next(c for c in failed["checks"] if c["name"] == "decodes")["message"] in failed["reason"]
     assert partials(tmp_path / "out") == []
 
 
