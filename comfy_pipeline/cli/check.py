@@ -34,7 +34,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from comfy_pipeline import settings
 from comfy_pipeline.batch import ledger, outputs
 from comfy_pipeline.batch.breaker import THRESHOLD
-from comfy_pipeline.batch.records import GenerationManifest, OutputItem, ServerInfo
+from comfy_pipeline.batch.records import GenerationManifest, ServerInfo
+from comfy_pipeline.batch.report import PASSED, REGENERATED, output_rows
 from comfy_pipeline.cli.check_runs import RunWindow, WindowOutcome, sigterm_as_keyboard_interrupt, tagged_stderr
 from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
@@ -101,6 +102,7 @@ class TestResult:
     run_id: str | None = None
     outputs: list[str] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # the validation report's: one per output, verdict first
     errors: list[str] = field(default_factory=list)
     performance: dict[str, float] = field(default_factory=dict)
     backend: str | None = None
@@ -507,9 +509,14 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
             summary.backend = meta.get("backend", summary.backend)
-            for item in _items(result, event):
+            manifest = _manifest(result, event)
+            for item in manifest.items if manifest else ():
                 summary.outputs.append(item.path)
                 summary.checks += [{"output": item.path, **check.to_json()} for check in item.checks]
+            if manifest is not None:  # the report's rows, without the check lists listed above
+                asset = event.event_specific_data.materialization.asset_key.to_user_string()
+                summary.rows += [{k: v for k, v in row.items() if k != "checks"}
+                                 for row in output_rows(asset, manifest)]
             for phase, seconds in (meta.get("timings_s") or {}).items():
                 summary.performance[phase] = round(summary.performance.get(phase, 0.0) + seconds, 4)
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
@@ -532,17 +539,17 @@ def _summarise(test: Test, result: Any, duration: float) -> TestResult:
     return summary
 
 
-def _items(result: Any, event: Any) -> "tuple[OutputItem, ...]":
-    """The outputs a materialization recorded, from the asset's value: the manifest the run handed downstream
-    (the metadata only points at the list, which grows with the prompts). The report's value lists none."""
+def _manifest(result: Any, event: Any) -> GenerationManifest | None:
+    """What a materialization recorded, from the asset's value: the manifest the run handed downstream (the
+    metadata only points at the list, which grows with the prompts). The report's value is no such manifest."""
     key = event.event_specific_data.materialization.asset_key
     try:
         value = result.asset_value(key)
     except Exception:  # no value captured for this asset (it failed after materializing): nothing to list
-        return ()
+        return None
     if not isinstance(value, dict) or "items" not in value:
-        return ()
-    return GenerationManifest.from_json(value).items
+        return None
+    return GenerationManifest.from_json(value)
 
 
 # --- inputs --------------------------------------------------------------------------------------------
@@ -740,12 +747,20 @@ def _print_line(result: TestResult) -> None:
 
 
 def _print_summary(results: list[TestResult], report_path: Path) -> None:
+    """A line per test (outputs that passed of those made), then each output or prompt that failed or was made
+    again, with its reason."""
     width = max([len(r.name) for r in results] + [4])
-    print(f"\n{'test'.ljust(width)}  {'type':10} {'result':6} {'time':>7}  checks", file=sys.stderr)
+    print(f"\n{'test'.ljust(width)}  {'type':10} {'result':6} {'time':>7}  outputs passed", file=sys.stderr)
     for r in results:
-        passed = sum(1 for c in r.checks if c["passed"])
+        made = [row for row in r.rows if row["verdict"] != REGENERATED and row["path"]]
+        passed = sum(1 for row in made if row["verdict"] == PASSED)
         print(f"{r.name.ljust(width)}  {r.type:10} {'PASS' if r.success else 'FAIL':6} {r.duration:6.1f}s  "
-              f"{passed}/{len(r.checks)}", file=sys.stderr)
+              f"{passed}/{len(made)}", file=sys.stderr)
+    for r in results:
+        for row in r.rows:
+            if row["verdict"] != PASSED:
+                what = Path(row["path"]).name if row["path"] else f"{row['job']} ({row['prompt']!r})"
+                print(f"  {r.name}: {row['verdict']} {what}: {row['reason']}", file=sys.stderr)
     print(f"report: {report_path}", file=sys.stderr)
 
 

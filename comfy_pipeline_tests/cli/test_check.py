@@ -44,8 +44,12 @@ def test_image_only_with_two_prompts_writes_the_report(sim, tmp_path):
         assert test["success"] and len(test["outputs"]) == 1 and Path(test["outputs"][0]).is_file()
         assert {c["name"] for c in test["checks"]} == {"format", "file_size", "decodes", "dimensions"}
         assert test["performance"]["execution"] > 0 and "queue_wait" in test["performance"]
+        (row,) = test["rows"]  # the validation report's row of its output
+        assert (row["verdict"], row["path"], row["seed"]) == ("passed", test["outputs"][0], 5)
     assert "node 57:3 (KSampler) step" in proc.stderr  # progress as it goes
-    assert "image-1" in proc.stderr and "PASS" in proc.stderr  # the summary table
+    table = proc.stderr[proc.stderr.index("  outputs passed\n"):].splitlines()[1:3]  # the summary table
+    assert [(line.split()[0], line.split()[2], line.split()[-1]) for line in table] == [
+        ("image-1", "PASS", "1/1"), ("image-2", "PASS", "1/1")]
     assert list((tmp_path / "out" / "reports").glob("check_*.json"))
 
 
@@ -103,6 +107,22 @@ def test_failures_exit_1_and_the_circuit_breaker_stops_after_three(tmp_path):
     assert "circuit breaker" in proc.stderr
     assert report["tests"][0]["errors"] and "failed in node" in report["tests"][0]["errors"][0]
     assert report["progress"]["pending"] == 2
+
+
+def test_a_broken_output_exits_1_and_is_printed_with_its_reason(tmp_path):
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=0.01) as breaking:
+        breaking.set_fault("corrupt-output", count=1)  # the server truncates the PNG it wrote
+        proc = check(tmp_path, "--test-type", "image-only", "--comfyui-url", breaking.url, "--json",
+                     "--prompt", "a broken picture")
+    assert proc.returncode == 1
+    (test,) = report_of(proc)["tests"]
+    (row,) = test["rows"]  # the validation report's row: the file is kept, marked failed with the reason
+    assert row["verdict"] == "failed" and row["path"] == test["outputs"][0] and Path(row["path"]).is_file()
+    decodes = next(c for c in test["checks"] if c["name"] == "decodes")
+    assert not decodes["passed"] and decodes["message"] in row["reason"]
+    table = proc.stderr[proc.stderr.index("  outputs passed\n"):].splitlines()
+    assert table[1].split()[:3] == ["image-1", "image", "FAIL"] and table[1].split()[-1] == "0/1"
+    assert f"  image-1: failed {Path(row['path']).name}: {row['reason']}" in table
 
 
 def test_resume_after_a_killed_check_skips_finished_tests(tmp_path):
