@@ -54,6 +54,9 @@ class Servers(Protocol):
     def server_info(self) -> ServerInfo: ...
 
 
+MAX_LINES = 20  # broken outputs named in a failure's text; the listing names them all
+
+
 @dataclass(frozen=True)
 class OutputKind:
     """What differs between the image and the video step; everything else is one code path."""
@@ -125,7 +128,9 @@ class StepOutcome:
         lines = [self.summary()] if self.failed else []
         if broken:
             lines.append(f"{len(broken)} output(s) failed their checks (kept for inspection):")
-            lines += [broken_line(item) for item in broken]
+            lines += [broken_line(item) for item in broken[:MAX_LINES]]
+            if len(broken) > MAX_LINES:
+                lines.append(f"... and {len(broken) - MAX_LINES} more (see the items listing)")
         lines.append(f"The other {len(self.items) - len(broken)} output(s) were checked and recorded.")
         return "\n".join(lines)
 
@@ -295,7 +300,10 @@ def sources_from_images(images: GenerationManifest) -> list[Source]:
     usable = [item for item in images.items if item.passed]
     if not usable:
         run = images.source.run_id if images.source else "?"
-        raise StepInputError(f"No usable input image: every image of generated_image (run {run}) failed its checks.")
+        broken = [broken_line(item) for item in images.items]
+        why = ":\n" + "\n".join(broken[:MAX_LINES]) if broken else "."
+        raise StepInputError(f"No usable input image: every image of generated_image (run {run}) failed its "
+                             f"checks{why}")
     return [Source(int(item.job.rsplit(" ", 1)[-1]), item.spec, Path(item.path)) for item in usable]
 
 
