@@ -207,11 +207,18 @@ def broken_line(item: OutputItem) -> str:
     return f"{prompt_label(item)}: {item.path}: {reasons}"
 
 
+# A black or flat picture compresses to a tiny file: with a failed content check, a failed size check is the
+# same bad draw, not a bad file.
+SYMPTOMS = ("file_size",)
+
+
 def content_failure(item: OutputItem) -> bool:
-    """The output passed every file check but failed a content check: a new seed may do better. (A bad file is
-    a server or transfer fault, not a bad draw.)"""
+    """The output failed a content check and is otherwise a good file: a new seed may do better. A file that is
+    broken (wrong format, does not decode, wrong dimensions or length) is a server or transfer fault, not a bad
+    draw, and is not made again."""
     failed = [c for c in item.checks if not c.passed]
-    return bool(failed) and all(c.name in CONTENT_CHECKS for c in failed)
+    return (any(c.name in CONTENT_CHECKS for c in failed)
+            and all(c.name in CONTENT_CHECKS or c.name in SYMPTOMS for c in failed))
 
 
 def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: str, prompt_ids: Sequence[str],
