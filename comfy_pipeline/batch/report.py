@@ -105,9 +105,9 @@ def batch_figures(manifest: GenerationManifest) -> dict[str, int | float]:
 
 
 def failure_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per failed row: `prompt 0 ('a red fox'): <error>` for a prompt without output, `<path>: <reason>`
-    for an output that failed its checks."""
-    return [f"{row['path']}: {row['reason']}" if row["path"] else f"{row['job']} ({row['prompt']!r}): {row['reason']}"
+    """One line per failed row: `prompt 0 ('a red fox'): <error>` for a prompt without output,
+    `prompt 0 ('a red fox'): <path>: <reason>` for an output that failed its checks."""
+    return [f"{row['job']} ({row['prompt']!r}): " + (f"{row['path']}: " if row["path"] else "") + row["reason"]
             for row in rows if row["verdict"] == FAILED]
 
 
@@ -165,8 +165,10 @@ class Report:
         reason)."""
         lines = failure_lines(self.rows)
         more = [f"... and {len(lines) - max_lines} more"] if len(lines) > max_lines else []
-        return (f"{self.failed_prompts} prompt(s) failed and {self.failed_outputs} of {self.outputs} output(s) "
-                f"failed their checks; everything good was made and reported in {self.json_path}:\n"
+        counts = [f"{self.failed_prompts} prompt(s) failed"] if self.failed_prompts else []
+        if self.failed_outputs:
+            counts.append(f"{self.failed_outputs} of {self.outputs} output(s) failed their checks")
+        return (" and ".join(counts) + f"; everything good was made and reported in {self.json_path}:\n"
                 + "\n".join(lines[:max_lines] + more))
 
 

@@ -80,8 +80,12 @@ def test_the_failure_names_every_failed_prompt_and_output_with_its_reason(tmp_pa
     assert first.startswith("1 prompt(s) failed and 1 of 2 output(s) failed their checks") and first.endswith(":")
     assert lines[0] == ("prompt 1 ('the unlucky one'): ComfyUI prompt p-1 failed in node 57:3 (KSampler): "
                         "RuntimeError: CUDA error")
-    assert lines[1].startswith(f"{tmp_path / 'flat.png'}: ") and "image is flat" in lines[1]
+    assert lines[1].startswith("prompt 2 ('a lighthouse on a cliff at dusk, waves breaking below, gu...'): ")
+    assert f"...'): {tmp_path / 'flat.png'}: image is flat: luma spread 0.0" in lines[1]
     assert len(lines) == 2  # the regenerated attempt is no failure: its prompt kept a good output
+    only_outputs = write_report(tmp_path / "again", "run-2", {"generated_image": GenerationManifest(
+        _manifest(tmp_path).items)}).failure()
+    assert only_outputs.startswith("1 of 2 output(s) failed their checks; everything good was made")
     said = verdict(report.rows)
     assert said.startswith("1 of 3 prompts made no output; 1 of 2 outputs failed (1 earlier attempts failed and "
                            "were regenerated): prompt 1 ('the unlucky one'): ")
