@@ -15,6 +15,7 @@ from typing import Any
 
 from comfy_pipeline.batch import outputs
 from comfy_pipeline.batch.records import FailedPrompt, GenerationManifest, OutputItem
+from comfy_pipeline.media.content import CONTENT_CHECKS
 
 PASSED, FAILED, REGENERATED = "passed", "failed", "regenerated"
 # The content measures shown as columns, and for each the direction that is worse (for the batch's worst value).
@@ -37,9 +38,10 @@ def job_index(job: str) -> int:
 
 
 def reason_of(item: OutputItem) -> str:
-    """Why an output failed (each failed check's message), or how many checks it passed."""
-    failed = [c.message for c in item.checks if not c.passed]
-    return "; ".join(failed) if failed else f"{len(item.checks)} checks passed"
+    """Why an output failed (each failed check's message, the content checks' first: a black picture's tiny
+    file size is a symptom, its blackness the cause), or how many checks it passed."""
+    failed = sorted((c for c in item.checks if not c.passed), key=lambda c: c.name not in CONTENT_CHECKS)
+    return "; ".join(c.message for c in failed) if failed else f"{len(item.checks)} checks passed"
 
 
 def output_rows(asset: str, manifest: GenerationManifest) -> list[dict[str, Any]]:

@@ -366,7 +366,9 @@ def _numbers(values: dict[str, Any]) -> dict[str, Any]:
 
 
 # Columns of the UI's tables after verdict and reason, and their types; measures nobody measured are left out.
-_TABLE_TAIL = {"attempt": "int", "seed": "int", "prompt": "string", "asset": "string", "path": "string",
+# The UI shows the output's file name (a full path would take the width the reason needs); the report files and
+# items_json give the full path.
+_TABLE_TAIL = {"attempt": "int", "seed": "int", "prompt": "string", "asset": "string", "file": "string",
                "server": "string"}
 
 
@@ -379,8 +381,9 @@ def _rows_table(name: str, rows: list[dict[str, Any]], *, with_asset: bool) -> d
     columns = {"verdict": "string", "reason": "string", **dict.fromkeys(measures, "float"), **tail}
     order = {FAILED: 0, REGENERATED: 1}
     shown = sorted(rows, key=lambda row: order.get(row["verdict"], 2))[:MAX_TABLE_ROWS]  # stable: prompt order
+    cells = [{**row, "file": Path(row["path"]).name if row["path"] else ""} for row in shown]
     records = [dg.TableRecord({c: row[c] if t != "string" else "" if row[c] is None else str(row[c])
-                               for c, t in columns.items()}) for row in shown]
+                               for c, t in columns.items()}) for row in cells]
     schema = dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns.items()])
     table = {name: dg.MetadataValue.table(records=records, schema=schema)}
     if len(shown) < len(rows):

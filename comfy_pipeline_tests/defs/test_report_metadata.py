@@ -82,14 +82,15 @@ def test_the_ui_shows_one_row_per_output_failures_first_and_plottable_batch_figu
     assert "image is black: mean luma 0.0/255" in description
     table = metadata["outputs"]
     assert [c.name for c in table.schema.columns] == [
-        "verdict", "reason", "mean_luma", "luma_spread", "attempt", "seed", "prompt", "path", "server"]
+        "verdict", "reason", "mean_luma", "luma_spread", "attempt", "seed", "prompt", "file", "server"]
     assert [c.type for c in table.schema.columns][2:6] == ["float", "float", "int", "int"]
     shown = rows_of(table)
     assert [(r["verdict"], r["prompt"], r["seed"]) for r in shown] == [
         ("failed", "the unlucky one", 1), ("failed", "a night that went black", 2), ("passed", "a sunny meadow", 3)]
-    assert "57:3 (KSampler)" in shown[0]["reason"] and shown[0]["path"] == "" and shown[0]["mean_luma"] is None
-    assert "image is black" in shown[1]["reason"] and shown[1]["mean_luma"] == 0.0
-    assert shown[1]["path"].endswith(".png") and Path(shown[1]["path"]).is_file()  # kept where it was written
+    assert "57:3 (KSampler)" in shown[0]["reason"] and shown[0]["file"] == "" and shown[0]["mean_luma"] is None
+    assert shown[1]["reason"].startswith("image is black: mean luma 0.0/255") and shown[1]["mean_luma"] == 0.0
+    assert shown[1]["file"] == "01_a-night-that-went-black_seed2.png"
+    assert list((out / "runs").glob(f"*/images/{shown[1]['file']}"))  # kept where it was written
     assert shown[2]["reason"].endswith("checks passed") and shown[2]["mean_luma"] > 8
     assert metadata["outputs_shown"].value.startswith("the first 3 of 4 rows, failed ones first")
     assert metadata["failed_prompts"] == dg.IntMetadataValue(1) and metadata["failed_outputs"] == dg.IntMetadataValue(1)
