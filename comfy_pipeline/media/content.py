@@ -7,6 +7,7 @@ process that hands over a few frames (sampled across the whole clip, already sca
 the sound track in the same pass. That pass decodes every frame, so it also answers the "decodes" file check.
 """
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from comfy_pipeline.media.checks import (
     Check,
     ImageThresholds,
     VideoThresholds,
-    check_image,
+    file_size,
+    image_file_checks,
+    missing_message,
     video_file_checks,
 )
-from comfy_pipeline.media.probe import MediaError, VideoInfo, probe_video
-from comfy_pipeline.media.sampling import sample_video
+from comfy_pipeline.media.probe import MediaError, VideoInfo, decode_image, probe_video
+from comfy_pipeline.media.sampling import VideoSample, sample_video
 
 CONTENT_CHECKS = ("brightness", "detail", "motion", "blank_frames", "start_frame", "audio")
 MEASURE_KEYS = (
@@ -148,19 +151,25 @@ def validate_image(
     thresholds: ImageThresholds = ImageThresholds(),
     content: ContentThresholds = ContentThresholds(),
 ) -> Validation:
-    """The four file checks of check_image, then "brightness" and "detail" (those not skipped)."""
+    """The four file checks of check_image, then "brightness" and "detail" (those not skipped). The picture is
+    decoded once, for both."""
     path = Path(path)
-    checks = check_image(path, width=width, height=height, thresholds=thresholds)
+    size = file_size(path)
+    info, pixels, decode_error = None, None, missing_message(path) if size is None else None
+    if size is not None:
+        try:
+            info, pixels = decode_image(path)
+        except MediaError as exc:
+            decode_error = str(exc)
+    checks = image_file_checks(
+        path, size=size, info=info, decode_error=decode_error, width=width, height=height, thresholds=thresholds
+    )
     measures: dict[str, float | None] = dict.fromkeys(MEASURE_KEYS)
-    decodes = next(c for c in checks if c.name == "decodes")
     wanted = [name for name in ("brightness", "detail") if name not in content.skip]
-    if not decodes.passed:
-        return Validation(tuple(checks) + _not_checked(wanted, decodes.message), measures)
-    try:
-        m = measure_picture(small_rgb(path))
-    except Exception as exc:  # Pillow raises many kinds for odd data; the file checks passed, so say what broke
-        why = f"{path}: cannot measure the picture ({exc})"
-        return Validation(tuple(checks) + _not_checked(wanted, why), measures)
+    if pixels is None:
+        return Validation(tuple(checks) + _not_checked(wanted, decode_error or "the picture did not decode"), measures)
+    with pixels:
+        m = measure_picture(small_rgb(pixels))
     measures.update(mean_luma=m.mean_luma, luma_spread=m.luma_spread, one_colour_share=m.one_colour_share)
     content_checks = []
     if "brightness" in wanted:
@@ -170,14 +179,14 @@ def validate_image(
     return Validation(tuple(checks) + tuple(content_checks), _rounded(measures))
 
 
-def small_rgb(path: Path, width: int = SMALL_WIDTH) -> np.ndarray:
-    """An RGB copy about `width` pixels across (JPEGs are decoded at reduced size straight away)."""
-    with Image.open(path) as img:
-        img.draft("RGB", (width, width))
-        img = _flatten(img)
-        if img.width > width:
-            img = img.resize((width, max(1, round(img.height * width / img.width))), Image.Resampling.BOX)
-        return np.asarray(img)
+def small_rgb(img: Image.Image, width: int = SMALL_WIDTH) -> np.ndarray:
+    """An RGB copy of a decoded picture, at most `width` pixels across."""
+    img = _flatten(img)
+    if img.width > width:
+        if img.width >= 4 * width:  # reduce() averages whole blocks: much cheaper than resampling the lot
+            img = img.reduce(img.width // (2 * width))
+        img = img.resize((width, max(1, round(img.height * width / img.width))), Image.Resampling.BOX)
+    return np.asarray(img)
 
 
 def _flatten(img: Image.Image) -> Image.Image:
@@ -227,26 +236,40 @@ def validate_video(
     expect_audio: bool = False,
 ) -> Validation:
     """The seven file checks of check_video, then "motion", "blank_frames", "start_frame" (with a start image)
-    and "audio" (when expected or present), those not skipped. One ffprobe and one ffmpeg pass in all."""
+    and "audio" (when expected or present), those not skipped.
+
+    One ffprobe, then one ffmpeg pass that decodes the clip (it also answers "decodes": check_video's separate
+    first/last-frame decoding is not needed); the start image is read meanwhile, on a thread."""
     path = Path(path)
-    measures: dict[str, float | None] = dict.fromkeys(MEASURE_KEYS)
-    size = path.stat().st_size if path.is_file() else None
+    size = file_size(path)
     info: VideoInfo | None = None
-    probe_error: str | None = None
-    if size is None:
-        probe_error = f"{path}: file not found" if not path.exists() else f"{path}: not a regular file"
-    else:
+    probe_error = missing_message(path) if size is None else None
+    if size is not None:
         try:
             info = probe_video(path)
         except MediaError as exc:
             probe_error = str(exc)
-    sample = None
+
+    wanted = ["motion", "blank_frames"]
+    if start_image is not None:
+        wanted.append("start_frame")
+    if expect_audio or (info is not None and info.has_audio):
+        wanted.append("audio")
+    wanted = [name for name in wanted if name not in content.skip]
+
+    sample: VideoSample | None = None
+    start: Future[np.ndarray] | None = None
     decode_error = probe_error
     if info is not None:
-        try:
-            sample = sample_video(path, audio=info.has_audio)
-        except MediaError as exc:
-            decode_error = str(exc)
+        with ThreadPoolExecutor(1) as pool:
+            if "start_frame" in wanted and start_image is not None:
+                start = pool.submit(fitted_start_image, Path(start_image), info.width, info.height)
+            try:
+                sample = sample_video(path, audio=info.has_audio)
+            except MediaError as exc:
+                decode_error = str(exc)
+            if start is not None:
+                start.exception()  # wait for it inside the pool (errors are read below)
     checks = video_file_checks(
         path,
         size=size,
@@ -259,43 +282,44 @@ def validate_video(
         fps=fps,
         thresholds=thresholds,
     )
-
-    wanted = ["motion", "blank_frames"]
-    if start_image is not None:
-        wanted.append("start_frame")
-    if expect_audio or (info is not None and info.has_audio):
-        wanted.append("audio")
-    wanted = [name for name in wanted if name not in content.skip]
+    measures: dict[str, float | None] = dict.fromkeys(MEASURE_KEYS)
     if sample is None:
         return Validation(tuple(checks) + _not_checked(wanted, decode_error or "no frames"), measures)
 
     frames_rgb = sample.frames
-    content_checks: list[Check] = []
     diffs = frame_differences(frames_rgb)
     motion = float(np.mean(diffs)) if diffs else 0.0
     frozen = float(np.mean([d < content.min_motion for d in diffs])) if diffs else 1.0
-    measures.update(motion=motion, frozen_share=frozen)
-    blank = [is_blank(measure_picture(f), content) for f in frames_rgb]
-    blank_share = float(np.mean(blank))
-    measures["blank_frame_share"] = blank_share
-    first = measure_picture(frames_rgb[0])
-    measures.update(mean_luma=first.mean_luma, luma_spread=first.luma_spread, one_colour_share=first.one_colour_share)
+    pictures = [measure_picture(f) for f in frames_rgb]
+    blank = [is_blank(m, content) for m in pictures]
+    first = pictures[0]
+    measures.update(
+        mean_luma=first.mean_luma,
+        luma_spread=first.luma_spread,
+        one_colour_share=first.one_colour_share,
+        motion=motion,
+        frozen_share=frozen,
+        blank_frame_share=float(np.mean(blank)),
+    )
+    if start_image is not None and start is not None and start.exception() is None:
+        measures["start_similarity"] = ssim(small_gray(frames_rgb[0], start.result().shape), start.result())
+    if info is not None and info.has_audio:
+        measures["audio_level_db"] = sample.audio_level_db
+
+    content_checks: list[Check] = []
     if "motion" in wanted:
         content_checks.append(motion_check(motion, frozen, len(frames_rgb), content))
     if "blank_frames" in wanted:
-        content_checks.append(blank_frames_check(blank_share, sum(blank), len(blank), content))
-    if "start_frame" in wanted:
-        assert start_image is not None
-        try:
-            similarity = start_similarity(frames_rgb[0], start_image)
-        except Exception as exc:
-            why = f"not checked: cannot read the start image {start_image} ({exc})"
+        content_checks.append(blank_frames_check(float(np.mean(blank)), sum(blank), len(blank), content))
+    if "start_frame" in wanted and start_image is not None and start is not None:
+        if start.exception() is not None:
+            why = f"not checked: cannot read the start image {start_image} ({start.exception()})"
             content_checks.append(Check("start_frame", False, None, f">= {content.min_start_similarity:g}", why))
         else:
-            measures["start_similarity"] = similarity
-            content_checks.append(start_frame_check(similarity, start_image, content))
+            similarity = measures["start_similarity"]
+            assert similarity is not None
+            content_checks.append(start_frame_check(similarity, Path(start_image), content))
     if "audio" in wanted:
-        measures["audio_level_db"] = sample.audio_level_db
         content_checks.append(audio_check(sample.audio_level_db, info is not None and info.has_audio, content))
     return Validation(tuple(checks) + tuple(content_checks), _rounded(measures))
 
@@ -307,19 +331,28 @@ def frame_differences(frames: list[np.ndarray]) -> list[float]:
     return [float(np.abs(b - a).mean()) for a, b in zip(lumas, lumas[1:])]
 
 
-def start_similarity(first_frame: np.ndarray, start_image: Path) -> float:
-    """SSIM between the first frame and the start image fitted to it (scale to cover, centre crop), both in gray
-    at START_WIDTH pixels across: small enough that codec loss and a VAE round trip do not count, large enough
-    that another picture does."""
-    frame = Image.fromarray(first_frame).convert("L")
-    w = min(START_WIDTH, frame.width)
-    h = max(1, round(frame.height * w / frame.width))
+def fitted_start_image(start_image: Path, video_width: int, video_height: int) -> np.ndarray:
+    """The start image as the workflow fits it to the frame (scale to cover, centre crop), in gray START_WIDTH
+    pixels across: small enough that codec loss and a VAE round trip do not count, large enough that another
+    picture does."""
+    w = min(START_WIDTH, video_width)
+    h = max(1, round(video_height * w / video_width))
     with Image.open(start_image) as img:
-        img.draft("RGB", (w * 4, h * 4))
+        img.draft("RGB", (w * 4, h * 4))  # JPEG: decode at reduced size
+        img.load()
         fitted = ImageOps.fit(_flatten(img), (w, h), Image.Resampling.BOX, centering=(0.5, 0.5))
-    frame_gray = np.asarray(frame.resize((w, h), Image.Resampling.BOX), dtype=np.float64)
-    start_gray = np.asarray(fitted.convert("L"), dtype=np.float64)
-    return ssim(frame_gray, start_gray)
+    return np.asarray(fitted.convert("L"), dtype=np.float64)
+
+
+def small_gray(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    gray = Image.fromarray(frame).convert("L").resize((shape[1], shape[0]), Image.Resampling.BOX)
+    return np.asarray(gray, dtype=np.float64)
+
+
+def start_similarity(first_frame: np.ndarray, start_image: Path) -> float:
+    """SSIM between a first frame (HxWx3) and the start image fitted to it."""
+    fitted = fitted_start_image(start_image, first_frame.shape[1], first_frame.shape[0])
+    return ssim(small_gray(first_frame, fitted.shape), fitted)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:

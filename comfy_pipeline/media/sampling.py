@@ -49,9 +49,10 @@ def sample_video(path: str | Path, *, audio: bool) -> VideoSample:
     errors = "\n".join(line for line in result.stderr.splitlines() if any(lvl in line for lvl in _ERROR_LEVELS))
     frames = _ppm_frames(result.stdout)
     if result.returncode != 0 or errors or not frames:
-        where = "the first frame" if not frames else "the clip"
+        # No frame at all: the start is broken; frames and then an error: it breaks before its end.
+        where = "the first frame does not decode" if not frames else "the clip does not decode to its end"
         problem = tool_error_summary(_without_levels(errors), path) if errors else "no frame came out"
-        raise MediaError(f"{path}: {where} does not decode; the file is truncated or corrupt ({problem})")
+        raise MediaError(f"{path}: {where}; the file is truncated or corrupt ({problem})")
     level = None
     if audio:
         match = _MEAN_VOLUME.search(result.stderr)
