@@ -24,7 +24,7 @@ from comfy_pipeline.media.checks import (
     video_file_checks,
 )
 from comfy_pipeline.media.probe import MediaError, VideoInfo, decode_image, probe_video
-from comfy_pipeline.media.sampling import VideoSample, sample_video
+from comfy_pipeline.media.sampling import SAMPLE_INTERVAL_S, VideoSample, sample_video
 
 CONTENT_CHECKS = ("brightness", "detail", "motion", "blank_frames", "start_frame", "audio")
 MEASURE_KEYS = (
@@ -288,8 +288,9 @@ def validate_video(
 
     frames_rgb = sample.frames
     diffs = frame_differences(frames_rgb)
-    motion = float(np.mean(diffs)) if diffs else 0.0
-    frozen = float(np.mean([d < content.min_motion for d in diffs])) if diffs else 1.0
+    # A clip shorter than two samples (under SAMPLE_INTERVAL_S) has no motion to measure.
+    motion = float(np.mean(diffs)) if diffs else None
+    frozen = float(np.mean([d < content.min_motion for d in diffs])) if diffs else None
     pictures = [measure_picture(f) for f in frames_rgb]
     blank = [is_blank(m, content) for m in pictures]
     first = pictures[0]
@@ -374,8 +375,12 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
     return float(s.mean())
 
 
-def motion_check(motion: float, frozen: float, samples: int, content: ContentThresholds) -> Check:
+def motion_check(motion: float | None, frozen: float | None, samples: int, content: ContentThresholds) -> Check:
     expected = f"motion >= {content.min_motion:g}, frozen <= {content.max_frozen_share:.0%}"
+    if motion is None or frozen is None:
+        message = (f"video is too short to judge its motion: {samples} sampled frame (one every "
+                   f"{SAMPLE_INTERVAL_S:g} s), expected {expected}")
+        return Check("motion", False, None, expected, message)
     numbers = f"motion {motion:.2f}/255, frozen {frozen:.0%} of the clip ({samples} sampled frames)"
     if motion < content.min_motion:
         message = f"video is frozen: {numbers} (min motion {content.min_motion:g})"

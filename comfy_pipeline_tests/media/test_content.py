@@ -241,6 +241,14 @@ def test_a_clip_frozen_for_most_of_its_length_fails_though_it_moves(clips: dict[
         in motion.message
 
 
+def test_a_clip_too_short_to_judge_its_motion_fails_motion(tmp_path: Path, pictures: dict[str, Path]) -> None:
+    photo = Image.open(pictures["photo"]).convert("RGB")
+    result = validate_video(encode(tmp_path / "short.mp4", push_in(photo, 3, 1.5), *H264), thresholds=ANY_VIDEO)
+    motion = by_name(result)["motion"]
+    assert not motion.passed and result.measures["motion"] is None
+    assert motion.message.startswith("video is too short to judge its motion: 1 sampled frame (one every 0.2 s)")
+
+
 def test_a_clip_of_mostly_black_frames_fails_blank_frames(clips: dict[str, Path]) -> None:
     result = validate_video(clips["mostly_black"], thresholds=ANY_VIDEO)
     blank = by_name(result)["blank_frames"]
