@@ -51,7 +51,9 @@ def sample_video(path: str | Path, *, audio: bool, interval: float = SAMPLE_INTE
         .filter("scale", f"min({SAMPLE_WIDTH},iw)", -2, flags="area")
         .filter("format", "rgb24")
     )
-    outputs = [video.output("pipe:1", f="image2pipe", vcodec="ppm", fps_mode="passthrough")]
+    # Passthrough: only the selected frames, no duplicates to keep a constant rate. (-vsync, not 5.1's
+    # -fps_mode, so that a distribution's ffmpeg 4 works too; 6.0 only warns that it is deprecated.)
+    outputs = [video.output("pipe:1", f="image2pipe", vcodec="ppm", vsync="passthrough")]
     if audio:
         outputs.append(stream["a:0"].filter("volumedetect").output("-", f="null"))
     command = ffmpeg_command(ffmpeg.merge_outputs(*outputs), *LOGGING)
