@@ -61,7 +61,7 @@ class ContentThresholds:
         apart is under 0.5, and a pair of samples closer than that is a frozen stretch. A still picture encoded
         with H.264 (crf 23-35) or AV1 measures 0.00, with VP9 0.2 (its keyframe pulses reach 0.4 between two
         samples), a still photo with strong per-frame grain (4/255) 0.1; a slow push-in (3 % closer over 5 s)
-        over photos and photo-like pictures through H.264 at crf 23-35 measures 1.1-3.9, a faster one more.
+        over photos and photo-like pictures through H.264 at crf 23-35 measures 1.2-3.9, a faster one more.
         (Clips under 2 s are sampled 4 times over their length, so slow motion reads lower in them.)
     max_frozen_share = 0.5: "motion" also fails a clip that is frozen between more than half of its pairs of
         samples, even if it moves a lot elsewhere (3 s still then 1 s of fast zoom: motion 4.0, frozen 0.71).
