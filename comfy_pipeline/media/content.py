@@ -178,8 +178,12 @@ def validate_image(
     wanted = [name for name in ("brightness", "detail") if name not in content.skip]
     if pixels is None:
         return Validation(tuple(checks) + _not_checked(wanted, decode_error or "the picture did not decode"), measures)
-    with pixels:
-        m = measure_picture(small_rgb(pixels))
+    try:
+        with pixels:
+            m = measure_picture(small_rgb(pixels))
+    except Exception as exc:  # an odd mode Pillow cannot convert: say so, never raise
+        why = f"{path}: cannot measure the {info.format if info else ''} picture ({exc})"
+        return Validation(tuple(checks) + _not_checked(wanted, why), measures)
     measures.update(mean_luma=m.mean_luma, luma_spread=m.luma_spread, one_colour_share=m.one_colour_share)
     content_checks = []
     if "brightness" in wanted:
@@ -200,7 +204,12 @@ def small_rgb(img: Image.Image, width: int = SMALL_WIDTH) -> np.ndarray:
 
 
 def _flatten(img: Image.Image) -> Image.Image:
-    """RGB, with any transparency laid on black (what a viewer shows of a fully transparent output is nothing)."""
+    """RGB, with any transparency laid on black (what a viewer shows of a fully transparent output is nothing);
+    16-bit and float grays scaled to 8 bits (Pillow's own conversion clips them to white)."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        values = np.asarray(img, dtype=np.float64)
+        scale = 257.0 if values.size and values.max() > 255 else 1.0
+        return Image.fromarray(np.clip(values / scale, 0, 255).astype(np.uint8)).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))

@@ -150,6 +150,14 @@ def test_a_photo_like_picture_passes_with_its_measures(pictures: dict[str, Path]
         assert result.measures["motion"] is None
 
 
+def test_a_16_bit_picture_is_measured_on_its_8_bit_scale(tmp_path: Path, pictures: dict[str, Path]) -> None:
+    gray = np.asarray(Image.open(pictures["photo"]).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray).save(tmp_path / "deep.png")  # a 16-bit grayscale PNG
+    result = validate_image(tmp_path / "deep.png", thresholds=ANY_IMAGE)
+    assert result.passed, result.failed
+    assert 100 < result.measures["mean_luma"] < 140
+
+
 def test_a_dark_low_key_picture_passes(pictures: dict[str, Path]) -> None:
     result = validate_image(pictures["dark"], thresholds=ANY_IMAGE)
     assert result.passed, result.failed
