@@ -5,6 +5,10 @@ it is a usable picture.
 Everything is measured on small copies: an image is reduced with Pillow, a video is decoded once by one ffmpeg
 process that hands over a few frames (sampled across the whole clip, already scaled down) on a pipe and measures
 the sound track in the same pass. That pass decodes every frame, so it also answers the "decodes" file check.
+
+Measures (MEASURE_KEYS, None when not measured): an image's mean_luma, luma_spread and one_colour_share; a clip's
+are the means over its sampled frames, beside motion, frozen_share, blank_frame_share, start_similarity and
+audio_level_db.
 """
 
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -312,11 +316,10 @@ def validate_video(
     frozen = float(np.mean([d < content.min_motion for d in diffs])) if diffs else None
     pictures = [measure_picture(f) for f in frames_rgb]
     blank = [is_blank(m, content) for m in pictures]
-    first = pictures[0]
-    measures.update(
-        mean_luma=first.mean_luma,
-        luma_spread=first.luma_spread,
-        one_colour_share=first.one_colour_share,
+    measures.update(  # a clip's picture measures: the mean over its sampled frames
+        mean_luma=float(np.mean([m.mean_luma for m in pictures])),
+        luma_spread=float(np.mean([m.luma_spread for m in pictures])),
+        one_colour_share=float(np.mean([m.one_colour_share for m in pictures])),
         motion=motion,
         frozen_share=frozen,
         blank_frame_share=float(np.mean(blank)),
