@@ -28,7 +28,7 @@ from comfy_pipeline.media.checks import (
     video_file_checks,
 )
 from comfy_pipeline.media.probe import MediaError, VideoInfo, decode_image, probe_video
-from comfy_pipeline.media.sampling import VideoSample, sample_interval, sample_video
+from comfy_pipeline.media.sampling import SAMPLE_WIDTH, VideoSample, sample_interval, sample_video
 
 CONTENT_CHECKS = ("brightness", "detail", "motion", "blank_frames", "start_frame", "audio")
 MEASURE_KEYS = (
@@ -42,7 +42,7 @@ MEASURE_KEYS = (
     "audio_level_db",
 )
 
-SMALL_WIDTH = 160  # pixels across the copies everything is measured on
+SMALL_WIDTH = SAMPLE_WIDTH  # pictures are measured at the size of a clip's sampled frames: the same limits hold
 START_WIDTH = 64  # pixels across the gray copies the start frame is compared on
 COLOUR_TOLERANCE = 8  # /255 per channel: pixels this close to the most common colour count as that colour
 
@@ -370,12 +370,6 @@ def fitted_start_image(start_image: Path, video_width: int, video_height: int) -
 def small_gray(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     gray = Image.fromarray(frame).convert("L").resize((shape[1], shape[0]), Image.Resampling.BOX)
     return np.asarray(gray, dtype=np.float64)
-
-
-def start_similarity(first_frame: np.ndarray, start_image: Path) -> float:
-    """SSIM between a first frame (HxWx3) and the start image fitted to it."""
-    fitted = fitted_start_image(start_image, first_frame.shape[1], first_frame.shape[0])
-    return ssim(small_gray(first_frame, fitted.shape), fitted)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
