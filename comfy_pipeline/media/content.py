@@ -285,7 +285,7 @@ def validate_video(
     decode_error = probe_error
     if info is not None:
         with ThreadPoolExecutor(1) as pool:
-            if "start_frame" in wanted and start_image is not None:
+            if start_image is not None:  # measured even when the check is skipped, like every measure
                 start = pool.submit(fitted_start_image, Path(start_image), info.width, info.height)
             try:
                 sample = sample_video(path, audio=info.has_audio, interval=sample_interval(info.duration))
@@ -311,7 +311,7 @@ def validate_video(
 
     frames_rgb = sample.frames
     diffs = frame_differences(frames_rgb)
-    # A clip shorter than two samples (under SAMPLE_INTERVAL_S) has no motion to measure.
+    # A clip of one sampled frame (a single frame, or no duration to spread samples over) has no motion.
     motion = float(np.mean(diffs)) if diffs else None
     frozen = float(np.mean([d < content.min_motion for d in diffs])) if diffs else None
     pictures = [measure_picture(f) for f in frames_rgb]
