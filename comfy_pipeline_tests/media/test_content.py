@@ -306,6 +306,16 @@ def test_a_start_image_of_another_aspect_ratio_is_fitted_by_cover_crop(
     assert result.measures["start_similarity"] > 0.8
 
 
+def test_a_start_image_that_cannot_be_read_fails_start_frame_as_not_checked(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "gone.png"
+    result = validate_video(clips["moving"], thresholds=ANY_VIDEO, start_image=missing)
+    start = by_name(result)["start_frame"]
+    assert not start.passed and start.message.startswith(f"not checked: cannot read the start image {missing}")
+    assert by_name(result)["motion"].passed and result.measures["start_similarity"] is None
+
+
 def test_sound_a_tone_passes_silence_and_a_missing_stream_fail(clips: dict[str, Path]) -> None:
     tone = validate_video(clips["tone"], thresholds=ANY_VIDEO)  # audio present: checked even if not expected
     assert names(tone)[-1] == "audio" and tone.passed, tone.failed
