@@ -3,8 +3,8 @@ is its sound there and audible. The file checks of checks.py say whether a file 
 it is a usable picture.
 
 Everything is measured on small copies: an image is reduced with Pillow, a video is decoded once by one ffmpeg
-process that hands over a few frames (sampled across the whole clip, already scaled down) on a pipe and measures
-the sound track in the same pass. That pass decodes every frame, so it also answers the "decodes" file check.
+process (beside ffprobe) that hands over a few frames (sampled across the whole clip, already scaled down) on a
+pipe and measures the sound track in the same pass. That pass decodes every frame, so it also answers the "decodes" file check.
 
 Measures (MEASURE_KEYS, None when not measured): an image's mean_luma, luma_spread and one_colour_share; a clip's
 are the means over its sampled frames, beside motion, frozen_share, blank_frame_share, start_similarity and
@@ -261,17 +261,37 @@ def validate_video(
     """The seven file checks of check_video, then "motion", "blank_frames", "start_frame" (with a start image)
     and "audio" (when expected or present), those not skipped.
 
-    One ffprobe, then one ffmpeg pass that decodes the clip (it also answers "decodes": check_video's separate
-    first/last-frame decoding is not needed); the start image is read meanwhile, on a thread."""
+    ffprobe and one ffmpeg pass run side by side; the pass decodes the clip (so it also answers "decodes":
+    check_video's separate first/last-frame decoding is not needed); the start image is read meanwhile."""
     path = Path(path)
     size = file_size(path)
     info: VideoInfo | None = None
     probe_error = missing_message(path) if size is None else None
+    sample: VideoSample | None = None
+    decode_error: str | None = None
+    start: Future[Image.Image] | None = None
     if size is not None:
-        try:
-            info = probe_video(path)
-        except MediaError as exc:
-            probe_error = str(exc)
+        with ThreadPoolExecutor(2) as pool:
+            probing = pool.submit(probe_video, path)
+            if start_image is not None:  # read even when start_frame is skipped: every measure is taken
+                start = pool.submit(_read_start_image, Path(start_image))
+            try:
+                sample = sample_video(path)
+            except MediaError as exc:
+                decode_error = str(exc)
+            try:
+                info = probing.result()
+            except MediaError as exc:
+                probe_error = str(exc)
+            if info is not None and sample is not None and sample_interval(info.duration) < sample.interval:
+                try:  # a clip under 2 s: sample it again, more densely (it is short, so that is cheap)
+                    sample = sample_video(path, interval=sample_interval(info.duration))
+                except MediaError as exc:
+                    sample, decode_error = None, str(exc)
+            if start is not None:
+                start.exception()  # wait for it inside the pool (its error, if any, is read below)
+    if info is None:  # not a readable video: nothing was judged on what the pass may have found
+        sample, decode_error = None, probe_error
 
     wanted = ["motion", "blank_frames"]
     if start_image is not None:
@@ -280,19 +300,6 @@ def validate_video(
         wanted.append("audio")
     wanted = [name for name in wanted if name not in content.skip]
 
-    sample: VideoSample | None = None
-    start: Future[np.ndarray] | None = None
-    decode_error = probe_error
-    if info is not None:
-        with ThreadPoolExecutor(1) as pool:
-            if start_image is not None:  # measured even when the check is skipped, like every measure
-                start = pool.submit(fitted_start_image, Path(start_image), info.width, info.height)
-            try:
-                sample = sample_video(path, audio=info.has_audio, interval=sample_interval(info.duration))
-            except MediaError as exc:
-                decode_error = str(exc)
-            if start is not None:
-                start.exception()  # wait for it inside the pool (errors are read below)
     checks = video_file_checks(
         path,
         size=size,
@@ -324,8 +331,9 @@ def validate_video(
         frozen_share=frozen,
         blank_frame_share=float(np.mean(blank)),
     )
-    if start_image is not None and start is not None and start.exception() is None:
-        measures["start_similarity"] = ssim(small_gray(frames_rgb[0], start.result().shape), start.result())
+    if start is not None and start.exception() is None:
+        fitted = fitted_gray(start.result(), frames_rgb[0].shape[1], frames_rgb[0].shape[0])
+        measures["start_similarity"] = ssim(small_gray(frames_rgb[0], fitted.shape), fitted)
     if info is not None and info.has_audio:
         measures["audio_level_db"] = sample.audio_level_db
 
@@ -354,16 +362,24 @@ def frame_differences(frames: list[np.ndarray]) -> list[float]:
     return [float(np.abs(b - a).mean()) for a, b in zip(lumas, lumas[1:])]
 
 
-def fitted_start_image(start_image: Path, video_width: int, video_height: int) -> np.ndarray:
+def _read_start_image(path: Path) -> Image.Image:
+    """The start image in RGB, reduced to at most 4x START_WIDTH across (JPEGs are decoded at that size)."""
+    with Image.open(path) as img:
+        img.draft("RGB", (START_WIDTH * 4, START_WIDTH * 4))
+        img.load()
+        rgb = _flatten(img)
+    if rgb.width >= START_WIDTH * 8:
+        rgb = rgb.reduce(rgb.width // (START_WIDTH * 4))
+    return rgb
+
+
+def fitted_gray(start: Image.Image, frame_width: int, frame_height: int) -> np.ndarray:
     """The start image as the workflow fits it to the frame (scale to cover, centre crop), in gray START_WIDTH
     pixels across: small enough that codec loss and a VAE round trip do not count, large enough that another
     picture does."""
-    w = min(START_WIDTH, video_width)
-    h = max(1, round(video_height * w / video_width))
-    with Image.open(start_image) as img:
-        img.draft("RGB", (w * 4, h * 4))  # JPEG: decode at reduced size
-        img.load()
-        fitted = ImageOps.fit(_flatten(img), (w, h), Image.Resampling.BOX, centering=(0.5, 0.5))
+    w = min(START_WIDTH, frame_width)
+    h = max(1, round(frame_height * w / frame_width))
+    fitted = ImageOps.fit(start, (w, h), Image.Resampling.BOX, centering=(0.5, 0.5))
     return np.asarray(fitted.convert("L"), dtype=np.float64)
 
 

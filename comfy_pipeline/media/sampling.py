@@ -41,8 +41,9 @@ class VideoSample:
     audio_level_db: float | None  # mean volume of the first audio stream, None when there is none or it is empty
 
 
-def sample_video(path: str | Path, *, audio: bool, interval: float = SAMPLE_INTERVAL_S) -> VideoSample:
-    """Decode the whole clip once; MediaError (naming the file) if it does not decode cleanly."""
+def sample_video(path: str | Path, *, interval: float = SAMPLE_INTERVAL_S) -> VideoSample:
+    """Decode the whole clip once; MediaError (naming the file) if it does not decode cleanly. Needs nothing
+    from ffprobe, so that the two can run side by side: the sound is measured if there is any."""
     path = Path(path)
     # The deblocking filter only smooths block edges (a sixth of H.264's decoding time); every bit of the stream
     # is still decoded, so a broken file still fails, and a picture 160 pixels across does not show the blocks.
@@ -55,10 +56,12 @@ def sample_video(path: str | Path, *, audio: bool, interval: float = SAMPLE_INTE
     )
     # Passthrough: only the selected frames, no duplicates to keep a constant rate. (-vsync, not 5.1's
     # -fps_mode, so that a distribution's ffmpeg 4 works too; 6.0 only warns that it is deprecated.)
-    outputs = [video.output("pipe:1", f="image2pipe", vcodec="ppm", vsync="passthrough")]
-    if audio:
-        outputs.append(stream["a:0"].filter("volumedetect").output("-", f="null"))
-    command = ffmpeg_command(ffmpeg.merge_outputs(*outputs), *LOGGING)
+    output = video.output("pipe:1", f="image2pipe", vcodec="ppm", vsync="passthrough")
+    command = ffmpeg_command(output, *LOGGING) + [
+        # The sound, if any ("?": a clip without sound is no error), through volumedetect into nothing. The
+        # video stream, all of its frames dropped, keeps that output from being empty when there is no sound.
+        "-map", "0:V:0", "-map", "0:a:0?", "-filter:v", "select=0", "-filter:a", "volumedetect", "-f", "null", "-",
+    ]
     result = run_tool(command, path=path, timeout=DECODE_TIMEOUT_S)
     errors = "\n".join(line for line in result.stderr.splitlines() if any(lvl in line for lvl in _ERROR_LEVELS))
     frames = _ppm_frames(result.stdout)
@@ -68,10 +71,9 @@ def sample_video(path: str | Path, *, audio: bool, interval: float = SAMPLE_INTE
         problem = tool_error_summary(_without_levels(errors), path) if errors else "no frame came out"
         raise MediaError(f"{path}: {where}; the file is truncated or corrupt ({problem})")
     level = None
-    if audio:
-        match = _MEAN_VOLUME.search(result.stderr)
-        if match:
-            level = -91.0 if match.group(1) == "-inf" else float(match.group(1))
+    match = _MEAN_VOLUME.search(result.stderr)
+    if match:
+        level = -91.0 if match.group(1) == "-inf" else float(match.group(1))
     return VideoSample(frames=frames, interval=interval, audio_level_db=level)
 
 
