@@ -4,7 +4,8 @@ it is a usable picture.
 
 Everything is measured on small copies: an image is reduced with Pillow, a video is decoded once by one ffmpeg
 process (beside ffprobe) that hands over a few frames (sampled across the whole clip, already scaled down) on a
-pipe and measures the sound track in the same pass. That pass decodes every frame, so it also answers the "decodes" file check.
+pipe and measures the sound track in the same pass. That pass decodes every frame, so it also answers the
+"decodes" file check.
 
 Measures (MEASURE_KEYS, None when not measured): an image's mean_luma, luma_spread and one_colour_share; a clip's
 are the means over its sampled frames, beside motion, frozen_share, blank_frame_share, start_similarity and
