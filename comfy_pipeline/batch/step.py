@@ -81,10 +81,10 @@ class Source:
     image: Path | None = None
     attempt: int = 1  # 2, 3, ...: queued again after a content check failed (content_retries)
 
-    def again(self) -> "Source":
-        """The next attempt: the same prompt with the next seed."""
-        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, seed=self.spec.seed + 1),
-                                   attempt=self.attempt + 1)
+    def again(self, max_seed: int | None = None) -> "Source":
+        """The next attempt: the same prompt with the next seed (0 after the workflow's largest)."""
+        seed = self.spec.seed + 1 if max_seed is None or self.spec.seed < max_seed else 0
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, seed=seed), attempt=self.attempt + 1)
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,7 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
     errors: dict[int, BaseException] = {}
     rejected: list[OutputItem] = []
     round_sources, round_ids = list(sources), ids
+    max_seed = workflow.params["seed"].maximum if "seed" in workflow.params else None
     with ThreadPoolExecutor(max_workers=2) as pool:
         while round_sources:
             made = _run_round(kind, round_sources, round_ids, workflow, servers, server, run_id, folder, pool,
@@ -256,7 +257,7 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
             for source, found in made:
                 if isinstance(found, OutputItem) and content_failure(found) and source.attempt <= content_retries:
                     rejected.append(found)
-                    retry = source.again()
+                    retry = source.again(max_seed)
                     log.warning(f"{broken_line(found)} -- queueing it again with seed {retry.spec.seed} "
                                 f"(content retry {source.attempt} of {content_retries})")
                     again.append(retry)

@@ -157,3 +157,15 @@ def test_a_video_from_another_picture_fails_start_frame(sim, tmp_path):
     start = {c["name"]: c for c in item["checks"]}["start_frame"]
     assert not start["passed"] and "does not start from its start image" in start["message"]
     assert "video does not start from its start image" in failure_text(result)
+
+
+def test_the_quality_resource_carries_every_content_threshold_with_its_default():
+    from comfy_pipeline.defs.resources import QualityThresholds
+    from comfy_pipeline.media import ContentThresholds
+
+    assert QualityThresholds().content() == ContentThresholds()
+    assert QualityThresholds().content_retries == 0
+    limits = {name: 1.0 for name in ContentThresholds.__dataclass_fields__ if name != "skip"}
+    assert QualityThresholds(**limits).content() == ContentThresholds(**limits)
+    with pytest.raises(Exception, match="content_retries"):
+        QualityThresholds(content_retries=-1)
