@@ -40,6 +40,10 @@ def test_content_retries_makes_the_image_again_and_the_check_passes(sim, tmp_pat
     (test,) = report_of(proc)["tests"]
     assert test["success"] and len(test["outputs"]) == 1 and test["outputs"][0].endswith("_seed4.png")
     assert "queueing it again with seed 4" in proc.stderr  # the run says why it made the image again
+    # Every attempt is a row of the test's report, and the summary names the one made again with its reason.
+    assert [(r["verdict"], r["attempt"], r["seed"]) for r in test["rows"]] == [("regenerated", 1, 3), ("passed", 2, 4)]
+    assert ("  image-1: regenerated 00_a-second-chance_seed3.png: image is black: mean luma 0.0/255"
+            in proc.stderr)
     pngs = sorted(p.name for p in (tmp_path / "out").rglob("*.png"))
     assert pngs == ["00_a-second-chance_seed3.png", "00_a-second-chance_seed4.png"]  # the black one is kept
 
