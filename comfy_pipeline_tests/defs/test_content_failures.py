@@ -169,3 +169,21 @@ def test_the_quality_resource_carries_every_content_threshold_with_its_default()
     assert QualityThresholds(**limits).content() == ContentThresholds(**limits)
     with pytest.raises(Exception, match="content_retries"):
         QualityThresholds(content_retries=-1)
+
+
+def test_content_retries_make_a_frozen_video_again_from_the_same_start_image(sim, tmp_path):
+    image = tmp_path / "start.png"
+    Image.effect_noise((320, 240), 60).convert("RGB").save(image)
+    sim.set_fault("frozen-output", count=1)
+    video = {"input_images": [str(image)], "frames": 25, "fps": 8, "seed": 10}
+    config = with_quality(run_config(sim.url, tmp_path / "out", ltx2_video={"config": video}), content_retries=1)
+    with dg.instance_for_test() as instance:
+        result = execute("video_generation_job", instance, config)
+    assert result.success, failure_text(result)
+    found = listing(result, "ltx2_video")
+    (kept,) = found["items"]
+    (rejected,) = found["rejected"]
+    assert (rejected["attempt"], rejected["seed"], kept["attempt"], kept["seed"]) == (1, 10, 2, 11)
+    assert {c["name"]: c["passed"] for c in rejected["checks"]}["motion"] is False
+    assert kept["input_image"] == rejected["input_image"] == str(image)
+    assert {c["name"]: c["passed"] for c in kept["checks"]}["start_frame"] is True
