@@ -5,6 +5,7 @@ command's JSON report all read it.
 """
 
 import contextlib
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,15 +15,16 @@ from typing import Any
 from comfy_pipeline.batch.records import CheckResult, OutputItem, ServerInfo
 from comfy_pipeline.batch.runner import JobResult
 from comfy_pipeline.media import (
+    ContentThresholds,
     ImageThresholds,
     MediaError,
     VideoThresholds,
-    check_image,
-    check_video,
     image_preview_markdown,
     probe_image,
     probe_video,
     sha256_file,
+    validate_image,
+    validate_video,
     video_preview_markdown,
 )
 from comfy_pipeline.workflows.prompts import PromptSpec
@@ -37,27 +39,41 @@ class Inspection:
     facts: dict[str, Any] = field(default_factory=dict)
     preview: str = ""
     seconds: float = 0.0
+    measures: dict[str, float | None] = field(default_factory=dict)  # the content measures (media.MEASURE_KEYS)
 
 
-def inspect_image(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: ImageThresholds) -> Inspection:
+def content_limits(content: ContentThresholds, workflow: Workflow) -> ContentThresholds:
+    """The content limits for `workflow`'s outputs: its own skip_checks are left out too."""
+    return dataclasses.replace(content, skip=content.skip | workflow.skip_checks)
+
+
+def inspect_image(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: ImageThresholds,
+                  content: ContentThresholds = ContentThresholds(), start_image: Path | None = None) -> Inspection:
+    """The file and content checks of an image (`start_image` is for the video's signature; images have none)."""
     started = time.monotonic()
-    checks = check_image(path, width=spec.width, height=spec.height, thresholds=thresholds)
+    found = validate_image(path, width=spec.width, height=spec.height, thresholds=thresholds,
+                           content=content_limits(content, workflow))
     facts: dict[str, Any] = {}
     with contextlib.suppress(MediaError):
         info = probe_image(path)
         facts = {"width": info.width, "height": info.height, "format": info.format}
     preview = _preview(image_preview_markdown, path)
-    return Inspection(tuple(CheckResult.of(c) for c in checks), facts, preview, time.monotonic() - started)
+    return Inspection(tuple(CheckResult.of(c) for c in found.checks), facts, preview, time.monotonic() - started,
+                      dict(found.measures))
 
 
-def inspect_video(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: VideoThresholds) -> Inspection:
+def inspect_video(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: VideoThresholds,
+                  content: ContentThresholds = ContentThresholds(), start_image: Path | None = None) -> Inspection:
+    """The file and content checks of a video: its first frame against `start_image` (the picture it was made
+    from), its sound track when the workflow makes one or the file has one."""
     started = time.monotonic()
     size = workflow.defaults()  # the LTX-2 output size is the workflow's, not the image's
     # The checks, the probe and the contact sheet each wait on ffmpeg: run them side by side.
     with ThreadPoolExecutor(max_workers=3) as pool:
         checks = pool.submit(
-            check_video, path, width=size.get("width"), height=size.get("height"), frames=spec.frames,
-            fps=spec.fps, thresholds=thresholds,
+            validate_video, path, width=size.get("width"), height=size.get("height"), frames=spec.frames,
+            fps=spec.fps, thresholds=thresholds, content=content_limits(content, workflow), start_image=start_image,
+            expect_audio=workflow.makes_audio,
         )
         probe = pool.submit(probe_video, path)
         preview = pool.submit(_preview, video_preview_markdown, path)
@@ -68,13 +84,14 @@ def inspect_video(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: 
                 "width": info.width, "height": info.height, "duration_s": round(info.duration, 3), "fps": info.fps,
                 "frame_count": info.frame_count, "codec": info.codec, "container": info.container,
             }
-        found = tuple(CheckResult.of(c) for c in checks.result())
+        validation = checks.result()
         shown = preview.result()
-    return Inspection(found, facts, shown, time.monotonic() - started)
+    found = tuple(CheckResult.of(c) for c in validation.checks)
+    return Inspection(found, facts, shown, time.monotonic() - started, dict(validation.measures))
 
 
 def describe(spec: PromptSpec, image: Path | None, result: JobResult, workflow: Workflow, server: ServerInfo,
-             found: Inspection) -> OutputItem:
+             found: Inspection, attempt: int = 1) -> OutputItem:
     """One output as the metadata and the reports record it."""
     path = result.files[0]
     timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(found.seconds, 4)}
@@ -84,7 +101,7 @@ def describe(spec: PromptSpec, image: Path | None, result: JobResult, workflow: 
         comfyui_url=result.server or server.url, comfyui_version=server.comfyui_version, gpu=server.gpu,
         size_bytes=path.stat().st_size, sha256=sha256_file(path), timings_s=timings,
         cached_nodes=tuple(result.cached_nodes), facts=found.facts, preview=found.preview,
-        input_image=None if image is None else str(image),
+        input_image=None if image is None else str(image), measures=found.measures, attempt=attempt,
     )
 
 

@@ -136,6 +136,8 @@ class OutputItem:
     cached_nodes: tuple[str, ...] = ()
     facts: Mapping[str, Any] = field(default_factory=dict)  # width, height, format, fps, ... as probed
     input_image: str | None = None  # the picture a video was made from
+    measures: Mapping[str, float | None] = field(default_factory=dict)  # content measures: mean_luma, motion, ...
+    attempt: int = 1  # 2, 3, ... when earlier outputs of the prompt failed a content check (content_retries)
     preview: str = ""  # markdown for the UI; not recorded in the JSON
 
     @property
@@ -154,7 +156,8 @@ class OutputItem:
             "comfyui_url": self.comfyui_url, "comfyui_version": self.comfyui_version, "gpu": self.gpu,
             "path": self.path, "size_bytes": self.size_bytes, "sha256": self.sha256,
             "timings_s": dict(self.timings_s), "cached_nodes": list(self.cached_nodes),
-            "checks": [c.to_json() for c in self.checks], **self.facts,
+            "checks": [c.to_json() for c in self.checks], "measures": dict(self.measures), "attempt": self.attempt,
+            **self.facts,
         }
         if self.input_image is not None:
             raw["input_image"] = self.input_image
@@ -172,6 +175,7 @@ class OutputItem:
             sha256=raw.get("sha256", ""), timings_s=dict(raw.get("timings_s") or {}),
             cached_nodes=tuple(raw.get("cached_nodes") or ()),
             facts={k: raw[k] for k in FACT_KEYS if k in raw}, input_image=raw.get("input_image"),
+            measures=dict(raw.get("measures") or {}), attempt=int(raw.get("attempt", 1)),
         )
 
 
@@ -261,7 +265,10 @@ class PromptManifest:
 
 @dataclass(frozen=True)
 class GenerationManifest:
-    """The value of `generated_image` and `ltx2_video`: every output with its checks, every failed prompt."""
+    """The value of `generated_image` and `ltx2_video`: every output with its checks, every failed prompt.
+
+    `rejected` holds the earlier attempts of prompts that were regenerated under `content_retries`: outputs that
+    failed a content check (their checks say why); `items` holds the attempt each prompt kept."""
 
     items: tuple[OutputItem, ...]
     failed: tuple[FailedPrompt, ...] = ()
@@ -271,16 +278,20 @@ class GenerationManifest:
     workflow_sha256: str = ""
     timings_s: Mapping[str, float] = field(default_factory=dict)  # summed per phase over the step
     source: Lineage | None = None  # set by the IO manager when read back
+    rejected: tuple[OutputItem, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"items": [i.to_json() for i in self.items], "failed": [f.to_json() for f in self.failed],
-                "backend": self.backend, "comfyui_url": self.comfyui_url, "workflow": self.workflow,
-                "workflow_sha256": self.workflow_sha256, "timings_s": dict(self.timings_s)}
+                "rejected": [r.to_json() for r in self.rejected], "backend": self.backend,
+                "comfyui_url": self.comfyui_url, "workflow": self.workflow, "workflow_sha256": self.workflow_sha256,
+                "timings_s": dict(self.timings_s)}
 
     def listing_json(self) -> dict[str, Any]:
-        """The items report: the outputs and the failed prompts, these with the server's traceback."""
+        """The items report: the outputs, the failed prompts (with the server's traceback) and the rejected
+        attempts."""
         return {"items": [i.to_json() for i in self.items],
-                "failed": [f.to_json(with_traceback=True) for f in self.failed]}
+                "failed": [f.to_json(with_traceback=True) for f in self.failed],
+                "rejected": [r.to_json() for r in self.rejected]}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> "GenerationManifest":
@@ -290,6 +301,7 @@ class GenerationManifest:
             backend=raw.get("backend", "?"), comfyui_url=raw.get("comfyui_url", ""),
             workflow=raw.get("workflow", ""), workflow_sha256=raw.get("workflow_sha256", ""),
             timings_s=dict(raw.get("timings_s") or {}), source=Lineage.from_json(raw.get("source")),
+            rejected=tuple(OutputItem.from_json(r) for r in raw.get("rejected") or ()),
         )
 
 

@@ -5,10 +5,16 @@ cancel what dead runs left on them, run every prompt through the batch runner (e
 it is home, while the GPU works on the next), and describe every output and every failed prompt. It returns a
 StepOutcome; the Dagster layer turns that into metadata, check results and failures.
 
+An output that fails a content check (black, flat, frozen, off-start, silent) is a broken output like one that
+fails a file check: it is kept where it was written and reported. With `content_retries`, its prompt is queued
+again with the next seed (on any of the servers), up to that many times; the attempt kept is in `items`, the
+earlier ones in `rejected`.
+
 It raises only for what stops the whole step: a bad workflow or bad prompt ids (StepInputError, WorkflowError),
 a server fault before or during the batch (ComfyUIError: ask `is_transient`), or BatchInterrupted.
 """
 
+import dataclasses
 import importlib
 import sys
 import threading
@@ -26,7 +32,7 @@ from comfy_pipeline.batch.progress import ProgressLogger
 from comfy_pipeline.batch.records import FailedPrompt, GenerationManifest, OutputItem, ServerInfo
 from comfy_pipeline.batch.runner import BatchInterrupted, JobResult, run_batch
 from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
-from comfy_pipeline.media import MediaError, probe_image
+from comfy_pipeline.media import CONTENT_CHECKS, ContentThresholds, MediaError, probe_image
 from comfy_pipeline.workflows.prompts import PromptSpec
 from comfy_pipeline.workflows.workflow import Workflow, WorkflowError, load_workflow
 
@@ -48,12 +54,16 @@ class Servers(Protocol):
     def server_info(self) -> ServerInfo: ...
 
 
+MAX_LINES = 20  # broken outputs named in a failure's text; the listing names them all
+
+
 @dataclass(frozen=True)
 class OutputKind:
     """What differs between the image and the video step; everything else is one code path."""
 
     folder: str  # "images", "videos": the run folder's subfolder, and plan.gpu_job's kind
-    inspect: Callable[[Path, PromptSpec, Workflow, Any], Inspection]
+    # (output, spec, workflow, file thresholds, content thresholds, start image) -> Inspection
+    inspect: Callable[[Path, PromptSpec, Workflow, Any, ContentThresholds, Path | None], Inspection]
 
 
 # Through the module's names, so that a test can watch the inspections.
@@ -68,6 +78,12 @@ class Source:
     index: int
     spec: PromptSpec
     image: Path | None = None
+    attempt: int = 1  # 2, 3, ...: queued again after a content check failed (content_retries)
+
+    def again(self) -> "Source":
+        """The next attempt: the same prompt with the next seed."""
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, seed=self.spec.seed + 1),
+                                   attempt=self.attempt + 1)
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,7 @@ class StepOutcome:
     items: tuple[OutputItem, ...]
     failed: tuple[FailedPrompt, ...]
     errors: tuple[BaseException, ...]  # of the failed prompts, in the same order
+    rejected: tuple[OutputItem, ...] = ()  # attempts that failed a content check and were made again
 
     @property
     def broken(self) -> list[OutputItem]:
@@ -96,19 +113,26 @@ class StepOutcome:
         return f"{len(self.failed)} of {count} prompt(s) failed:\n" + "\n".join(f.line() for f in self.failed)
 
     def phases(self) -> dict[str, float]:
-        """Seconds per phase, summed over the step: connection, workflow load, then each output's."""
+        """Seconds per phase, summed over the step: connection, workflow load, then each output's (the rejected
+        attempts' too: they took GPU time)."""
         found = {"connection": self.server.connection_s, "workflow_load": self.workflow_load_s}
-        for item in self.items:
+        for item in (*self.items, *self.rejected):
             for phase, seconds in item.timings_s.items():
                 found[phase] = round(found.get(phase, 0.0) + seconds, 4)
         return found
 
     def incomplete(self) -> str:
-        """What is missing or broken, for a step that fails after recording everything good."""
-        broken = [item.path for item in self.broken]
-        return ((self.summary() if self.failed else "")
-                + (f"\n{len(broken)} output(s) failed their checks: {', '.join(broken)}" if broken else "")
-                + f"\nThe other {len(self.items) - len(broken)} output(s) were checked and recorded.")
+        """What is missing or broken, for a step that fails after recording everything good: each failed
+        prompt, and each broken output with the reasons (the files are kept where they were written)."""
+        broken = self.broken
+        lines = [self.summary()] if self.failed else []
+        if broken:
+            lines.append(f"{len(broken)} output(s) failed their checks (kept for inspection):")
+            lines += [broken_line(item) for item in broken[:MAX_LINES]]
+            if len(broken) > MAX_LINES:
+                lines.append(f"... and {len(broken) - MAX_LINES} more (see the items listing)")
+        lines.append(f"The other {len(self.items) - len(broken)} output(s) were checked and recorded.")
+        return "\n".join(lines)
 
     def previews(self, count: int) -> str:
         """Markdown: the first `count` outputs' prompts and previews."""
@@ -143,8 +167,9 @@ class StepOutcome:
         return {url: sum(item.comfyui_url == url for item in self.items) for url in servers}
 
     def problems(self) -> list[str]:
-        """One line per failed check (its message names the file) and per failed prompt."""
-        bad = [c.message for item in self.items for c in item.checks if not c.passed]
+        """One line per failed check (a file check's message names the file; a content check's is given the
+        prompt and the file) and per failed prompt."""
+        bad = [problem_line(item, c) for item in self.items for c in item.checks if not c.passed]
         return bad + [f"{f.line()} (no output)" for f in self.failed]
 
     def checks_table(self, max_rows: int) -> str:
@@ -159,18 +184,49 @@ class StepOutcome:
         return GenerationManifest(
             items=self.items, failed=self.failed, backend=self.server.backend, comfyui_url=self.server.url,
             workflow=first.workflow if first else "", workflow_sha256=first.workflow_sha256 if first else "",
-            timings_s=self.phases(),
+            timings_s=self.phases(), rejected=self.rejected,
         )
+
+
+def prompt_label(item: OutputItem) -> str:
+    """`prompt 0 ('a red fox')`: which prompt an output is of."""
+    text = item.prompt if len(item.prompt) <= 60 else item.prompt[:57] + "..."
+    return f"{item.job} ({text!r})"
+
+
+def problem_line(item: OutputItem, check: Any) -> str:
+    """A failed check as one line: a content check's message names neither the prompt nor the file."""
+    if check.name in CONTENT_CHECKS:
+        return f"{prompt_label(item)}: {Path(item.path).name}: {check.message}"
+    return check.message
+
+
+def broken_line(item: OutputItem) -> str:
+    """`prompt 0 ('a red fox'): /out/00_a-red-fox_seed0.png: image is black: ...; ...`"""
+    reasons = "; ".join(c.message for c in item.checks if not c.passed)
+    return f"{prompt_label(item)}: {item.path}: {reasons}"
+
+
+def content_failure(item: OutputItem) -> bool:
+    """The output passed every file check but failed a content check: a new seed may do better. (A bad file is
+    a server or transfer fault, not a bad draw.)"""
+    failed = [c for c in item.checks if not c.passed]
+    return bool(failed) and all(c.name in CONTENT_CHECKS for c in failed)
 
 
 def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: str, prompt_ids: Sequence[str],
                  servers: Servers, thresholds: Any, run_id: str, run_folder: Path,
                  run_ended: Callable[[str], bool], log: Any,
-                 on_server: Callable[[ServerInfo], None] | None = None) -> StepOutcome:
+                 on_server: Callable[[ServerInfo], None] | None = None,
+                 content: ContentThresholds = ContentThresholds(), content_retries: int = 0) -> StepOutcome:
     """Run every source through the kind's workflow on `servers`, check each output against `thresholds`
-    (ImageThresholds or VideoThresholds) and describe them all, the failed prompts included. `run_ended` says
-    whether another run has ended (its prompts left on a server are then cancelled); `log` is a logger
-    (Dagster's context.log); `on_server` hears who the servers are before any prompt is queued."""
+    (ImageThresholds or VideoThresholds) and `content` (the workflow's skip_checks left out) and describe them
+    all, the failed prompts included. A prompt whose output failed a content check is queued again with the next
+    seed, up to `content_retries` times. `run_ended` says whether another run has ended (its prompts left on a
+    server are then cancelled); `log` is a logger (Dagster's context.log); `on_server` hears who the servers are
+    before any prompt is queued."""
+    if content_retries < 0:
+        raise StepInputError(f"content_retries must be 0 or more, got {content_retries}")
     loading_started = time.monotonic()
     workflow = load_workflow(workflow_name)
     workflow_load_s = round(time.monotonic() - loading_started, 4)
@@ -182,27 +238,61 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
     folder = outputs.kind_dir(run_folder, kind.folder)
     cancel_orphans(servers, server, run_ended, log)
     ids = chosen_prompt_ids(prompt_ids, len(sources))
-    jobs = [plan.gpu_job(kind.folder, s.index, s.spec, s.image, workflow, run_id, folder, ids[n])
+    _warm_up_report_imports()
+    kept: dict[int, OutputItem | FailedPrompt] = {}  # by source index: the attempt each prompt ends with
+    errors: dict[int, BaseException] = {}
+    rejected: list[OutputItem] = []
+    round_sources, round_ids = list(sources), ids
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        while round_sources:
+            made = _run_round(kind, round_sources, round_ids, workflow, servers, server, run_id, folder, pool,
+                              thresholds, content, log)
+            again = []
+            for source, found in made:
+                if isinstance(found, OutputItem) and content_failure(found) and source.attempt <= content_retries:
+                    rejected.append(found)
+                    retry = source.again()
+                    log.warning(f"{broken_line(found)} -- queueing it again with seed {retry.spec.seed} "
+                                f"(content retry {source.attempt} of {content_retries})")
+                    again.append(retry)
+                    continue
+                if isinstance(found, OutputItem):
+                    kept[source.index] = found
+                else:
+                    kept[source.index], errors[source.index] = found
+            round_sources, round_ids = again, [None] * len(again)  # a new prompt each: new ids
+    order = [s.index for s in sources]
+    items = tuple(kept[i] for i in order if isinstance(kept[i], OutputItem))
+    failed = tuple(kept[i] for i in order if isinstance(kept[i], FailedPrompt))
+    return StepOutcome(server, workflow_load_s, items, failed, tuple(errors[i] for i in order if i in errors),
+                       tuple(rejected))
+
+
+def _run_round(kind: OutputKind, sources: Sequence[Source], ids: Sequence[str | None], workflow: Workflow,
+               servers: Servers, server: ServerInfo, run_id: str, folder: Path, pool: ThreadPoolExecutor,
+               thresholds: Any, content: ContentThresholds, log: Any) -> list[tuple[Source, Any]]:
+    """One batch of the step: each source with its described output, or (its FailedPrompt, the error)."""
+    jobs = [plan.gpu_job(kind.folder, s.index, s.spec, s.image, workflow, run_id, folder, ids[n], attempt=s.attempt)
             for n, s in enumerate(sources)]
     source_of = {job.key: source for job, source in zip(jobs, sources)}
-    _warm_up_report_imports()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        checking = {}
+    checking = {}
 
-        def check_when_home(result: JobResult) -> None:  # while the GPU works on the next prompts
-            spec = source_of[result.job.key].spec
-            checking[result.job.key] = pool.submit(kind.inspect, result.files[0], spec, workflow, thresholds)
+    def check_when_home(result: JobResult) -> None:  # while the GPU works on the next prompts
+        source = source_of[result.job.key]
+        checking[result.job.key] = pool.submit(kind.inspect, result.files[0], source.spec, workflow, thresholds,
+                                               content, source.image)
 
-        results = _run(servers, server, jobs, run_id, check_when_home, log)
-        inspections = {r.job.key: checking[r.job.key].result() for r in results if r.ok}  # all were handed over
-    items, failed, errors = [], [], []
+    results = _run(servers, server, jobs, run_id, check_when_home, log)
+    made: list[tuple[Source, Any]] = []
     for source, result in zip(sources, results):
-        if result.ok:
-            items.append(describe(source.spec, source.image, result, workflow, server, inspections[result.job.key]))
+        if result.ok:  # every output was handed to the checks
+            found = checking[result.job.key].result()
+            made.append((source, describe(source.spec, source.image, result, workflow, server, found,
+                                          attempt=source.attempt)))
         else:
-            failed.append(FailedPrompt.of(result.job.key, source.spec, result.error, result.prompt_id, result.server))
-            errors.append(result.error)
-    return StepOutcome(server, workflow_load_s, tuple(items), tuple(failed), tuple(errors))
+            failure = FailedPrompt.of(result.job.key, source.spec, result.error, result.prompt_id, result.server)
+            made.append((source, (failure, result.error)))
+    return made
 
 
 def sources_from_images(images: GenerationManifest) -> list[Source]:
@@ -210,7 +300,10 @@ def sources_from_images(images: GenerationManifest) -> list[Source]:
     usable = [item for item in images.items if item.passed]
     if not usable:
         run = images.source.run_id if images.source else "?"
-        raise StepInputError(f"No usable input image: every image of generated_image (run {run}) failed its checks.")
+        broken = [broken_line(item) for item in images.items]
+        why = ":\n" + "\n".join(broken[:MAX_LINES]) if broken else "."
+        raise StepInputError(f"No usable input image: every image of generated_image (run {run}) failed its "
+                             f"checks{why}")
     return [Source(int(item.job.rsplit(" ", 1)[-1]), item.spec, Path(item.path)) for item in usable]
 
 

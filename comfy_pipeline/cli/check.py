@@ -138,6 +138,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "deployment before its model files are in place")
     p.add_argument("--image-min-bytes", type=_non_negative_int, help="smallest acceptable image (default 10240)")
     p.add_argument("--video-min-bytes", type=_non_negative_int, help="smallest acceptable video (default 102400)")
+    p.add_argument("--content-retries", type=_non_negative_count,
+                   help="queue a prompt whose output failed a content check (black, flat, frozen, off-start, "
+                   "silent) again with the next seed, up to this many times (default 0: report it as failed)")
     p.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     p.set_defaults(func=run)
 
@@ -149,6 +152,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more bytes, got {value}")
+    return value
+
+
+def _non_negative_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
     return value
 
 
@@ -479,8 +492,8 @@ def _run_config(test: Test, url: str, args: argparse.Namespace) -> Any:
     # URL go to the environment (the resource reads them there), the URL without them to the config.
     comfy = {"url": credentials_to_environment(url), "output_dir": str(Path(args.output_dir).resolve()),
              "prompt_timeout": args.timeout}
-    thresholds = {key: getattr(args, key) for key in ("image_min_bytes", "video_min_bytes")
-                  if getattr(args, key) is not None}
+    thresholds = {key: getattr(args, key) for key in ("image_min_bytes", "video_min_bytes", "content_retries")
+                  if getattr(args, key, None) is not None}
     image_workflow, video_workflow = chosen_workflows(args)
     ops: dict[str, Any] = {}
     if test.type in ("image", "pipeline"):

@@ -85,8 +85,9 @@ def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output
         dg.AssetCheckSpec(
             "image_quality", asset="generated_image",
             description="Every prompt produced an image, and every image is PNG or JPEG, within the size limits, "
-            "decodes, and has the requested dimensions. Failed prompts and broken images are named here and are "
-            "not animated; the good images go on.",
+            "decodes, has the requested dimensions, and is neither black nor flat (the content checks the "
+            "workflow does not skip). Failed prompts and broken images are named here and are not animated; the "
+            "good images go on.",
         )
     ],
 )
@@ -102,7 +103,7 @@ def generated_image(
     prompts = PromptManifest.from_json(prompt)
     sources = [step.Source(i, spec) for i, spec in enumerate(prompts.prompts)]
     yield from _gpu_step(context, comfy, IMAGES, quality.image(), config.workflow, sources,
-                         {"prompt": prompts.source}, config.prompt_ids)
+                         {"prompt": prompts.source}, config.prompt_ids, quality)
 
 
 @dg.asset(
@@ -115,7 +116,9 @@ def generated_image(
         dg.AssetCheckSpec(
             "video_quality", asset="ltx2_video",
             description="Every image produced a video, and every video is MP4 or WebM, within the size limits, "
-            "decodes, lasts more than 0 s, and has the requested frame count, fps and dimensions.",
+            "decodes, lasts more than 0 s, has the requested frame count, fps and dimensions, moves, is not "
+            "blank, starts from its image and, when it has or should have sound, is not silent (the content "
+            "checks the workflow does not skip).",
         )
     ],
 )
@@ -126,7 +129,7 @@ def ltx2_video(
     images = None if generated_image is None else GenerationManifest.from_json(generated_image)
     sources, lineage = _video_sources(config, images)
     yield from _gpu_step(context, comfy, VIDEOS, quality.video(), config.workflow, sources, lineage,
-                         config.prompt_ids)
+                         config.prompt_ids, quality)
 
 
 @dg.asset(
@@ -196,7 +199,7 @@ VIDEOS = _Kind(step.VIDEOS, "video_quality", ("validation_report",))
 
 def _gpu_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, kind: _Kind, thresholds: Any,
               workflow: str, sources: list[step.Source], lineage: dict[str, Lineage | None],
-              prompt_ids: list[str]) -> Iterator[dg.MaterializeResult]:
+              prompt_ids: list[str], quality: QualityThresholds) -> Iterator[dg.MaterializeResult]:
     """Run the step and record every output and failed prompt in one materialization. The step fails only when
     nothing was made, or when no later asset of this run will carry the failures on (then after recording)."""
     run_folder = _run_folder(context, comfy)
@@ -206,6 +209,7 @@ def _gpu_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, kind: _
             run_id=context.run_id, run_folder=run_folder, log=context.log,
             run_ended=lambda run_id: run_has_ended(context.instance, run_id),
             on_server=lambda server: _announce(context, server),
+            content=quality.content(), content_retries=quality.content_retries,
         )
     except BatchInterrupted:
         # The interrupt exception itself was lost (see comfy_pipeline.batch.interrupts); the prompts are cancelled.

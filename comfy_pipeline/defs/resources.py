@@ -12,7 +12,7 @@ from comfy_pipeline import settings
 from comfy_pipeline.batch.records import COMFYUI, SIMULATOR, ServerInfo
 from comfy_pipeline.comfyui.errors import ComfyUIError, NoServerConfigured
 from comfy_pipeline.comfyui.redaction import redact_url
-from comfy_pipeline.media import ImageThresholds, VideoThresholds
+from comfy_pipeline.media import ContentThresholds, ImageThresholds, VideoThresholds
 
 
 class ComfyUIResource(dg.ConfigurableResource):
@@ -248,8 +248,13 @@ def _describe(client, stats: dict, embedded: bool) -> ServerInfo:
     )
 
 
+CONTENT = ContentThresholds()  # the content checks' documented defaults (media.content.ContentThresholds)
+
+
 class QualityThresholds(dg.ConfigurableResource):
-    """Limits of the output checks (the seed design's quality validator)."""
+    """Limits of the output checks: the file checks (format, size) and the content checks (black, flat, frozen,
+    off-start, silent; see comfy_pipeline.media.content.ContentThresholds for what each measures). A workflow
+    turns content checks off for its own outputs with `skip_checks` in its .params.json."""
 
     image_formats: list[str] = ["PNG", "JPEG"]
     image_min_bytes: int = 10 * 1024
@@ -257,9 +262,43 @@ class QualityThresholds(dg.ConfigurableResource):
     video_containers: list[str] = ["mp4", "webm"]
     video_min_bytes: int = 100 * 1024
     video_max_bytes: int = 500 * 1024**2
+    min_mean_luma: float = Field(
+        default=CONTENT.min_mean_luma, description="brightness: a picture darker than this mean luma (0-255) is black.")
+    min_luma_spread: float = Field(
+        default=CONTENT.min_luma_spread,
+        description="detail: a picture whose luma varies less than this (standard deviation, 0-255) is flat.")
+    max_one_colour_share: float = Field(
+        default=CONTENT.max_one_colour_share,
+        description="detail: a picture with more than this share in one colour is blank.")
+    min_motion: float = Field(
+        default=CONTENT.min_motion,
+        description="motion: a clip whose sampled frames change less than this (mean luma difference) is frozen.")
+    max_frozen_share: float = Field(
+        default=CONTENT.max_frozen_share, description="motion: a clip frozen for more than this share of it fails.")
+    max_blank_frame_share: float = Field(
+        default=CONTENT.max_blank_frame_share,
+        description="blank_frames: a clip with more than this share of black or flat frames fails.")
+    min_start_similarity: float = Field(
+        default=CONTENT.min_start_similarity,
+        description="start_frame: a video whose first frame is less like its start image (SSIM) than this fails.")
+    min_audio_level_db: float = Field(
+        default=CONTENT.min_audio_level_db,
+        description="audio: a sound track quieter than this (mean volume, dBFS) is silent.")
+    content_retries: int = Field(
+        default=0, ge=0,
+        description="How many times a prompt whose output failed a content check is queued again, each time with "
+                    "the next seed (on any server of the run). 0: never; the failed output is reported.")
 
     def image(self) -> ImageThresholds:
         return ImageThresholds(tuple(self.image_formats), self.image_min_bytes, self.image_max_bytes)
 
     def video(self) -> VideoThresholds:
         return VideoThresholds(tuple(self.video_containers), self.video_min_bytes, self.video_max_bytes)
+
+    def content(self) -> ContentThresholds:
+        """The content checks' limits (a workflow's skip_checks are added by the step)."""
+        return ContentThresholds(**{name: getattr(self, name) for name in CONTENT_THRESHOLD_NAMES})
+
+
+# Every limit of ContentThresholds is a field of QualityThresholds, by the same name.
+CONTENT_THRESHOLD_NAMES = tuple(name for name in ContentThresholds.__dataclass_fields__ if name != "skip")

@@ -53,14 +53,30 @@ def check_image(
 ) -> list[Check]:
     """Checks "format", "file_size", "decodes", "dimensions", always all four, in that order."""
     path = Path(path)
-    size = _file_size(path)
+    size = file_size(path)
     info: ImageInfo | None = None
-    decode_error = _missing_message(path) if size is None else None
+    decode_error = missing_message(path) if size is None else None
     if size is not None:
         try:
             info = probe_image(path)
         except MediaError as exc:
             decode_error = str(exc)
+    return image_file_checks(
+        path, size=size, info=info, decode_error=decode_error, width=width, height=height, thresholds=thresholds
+    )
+
+
+def image_file_checks(
+    path: Path,
+    *,
+    size: int | None,
+    info: ImageInfo | None,
+    decode_error: str | None,
+    width: int | None,
+    height: int | None,
+    thresholds: ImageThresholds,
+) -> list[Check]:
+    """The four file checks from what was probed (info) or why decoding failed."""
     fmt = identify_image_format(path) if size is not None else None
     return [
         _format_check(path, fmt, thresholds.formats, size, kind="image"),
@@ -81,9 +97,9 @@ def check_video(
 ) -> list[Check]:
     """Checks "format", "file_size", "decodes", "duration", "frame_count", "fps", "dimensions", in that order."""
     path = Path(path)
-    size = _file_size(path)
+    size = file_size(path)
     info: VideoInfo | None = None
-    probe_error = _missing_message(path) if size is None else None
+    probe_error = missing_message(path) if size is None else None
     if size is not None:
         try:
             info = probe_video(path)
@@ -95,7 +111,34 @@ def check_video(
             decode_first_and_last_frame(path)
         except MediaError as exc:
             decode_error = str(exc)
+    return video_file_checks(
+        path,
+        size=size,
+        info=info,
+        probe_error=probe_error,
+        decode_error=decode_error,
+        width=width,
+        height=height,
+        frames=frames,
+        fps=fps,
+        thresholds=thresholds,
+    )
 
+
+def video_file_checks(
+    path: Path,
+    *,
+    size: int | None,
+    info: VideoInfo | None,
+    probe_error: str | None,
+    decode_error: str | None,
+    width: int | None,
+    height: int | None,
+    frames: int | None,
+    fps: float | None,
+    thresholds: VideoThresholds,
+) -> list[Check]:
+    """The seven file checks from what was probed and whether (and how) decoding failed."""
     return [
         _format_check(path, info and info.container, thresholds.containers, size, kind="video", error=probe_error),
         _size_check(path, size, thresholds.min_bytes, thresholds.max_bytes),
@@ -107,11 +150,11 @@ def check_video(
     ]
 
 
-def _file_size(path: Path) -> int | None:
+def file_size(path: Path) -> int | None:
     return path.stat().st_size if path.is_file() else None
 
 
-def _missing_message(path: Path) -> str:
+def missing_message(path: Path) -> str:
     return f"{path}: file not found" if not path.exists() else f"{path}: not a regular file"
 
 
@@ -120,7 +163,7 @@ def _format_check(
 ) -> Check:
     expected = " or ".join(allowed)
     if size is None:
-        return Check("format", False, None, expected, _missing_message(path))
+        return Check("format", False, None, expected, missing_message(path))
     if found is None:
         why = error or f"{path.name} is not a readable {kind}"
         return Check("format", False, None, expected, f"{why}; expected {expected}")
@@ -132,7 +175,7 @@ def _format_check(
 def _size_check(path: Path, size: int | None, min_bytes: int, max_bytes: int) -> Check:
     expected = f"{min_bytes}..{max_bytes} bytes"
     if size is None:
-        return Check("file_size", False, None, expected, _missing_message(path))
+        return Check("file_size", False, None, expected, missing_message(path))
     wanted = f"{_human(min_bytes)} to {_human(max_bytes)}"
     if size < min_bytes:
         return Check("file_size", False, size, expected, f"{path.name} is {_human(size)}, smaller than {wanted}")

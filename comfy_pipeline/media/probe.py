@@ -82,19 +82,31 @@ def _existing_file(path: str | Path) -> Path:
 
 def probe_image(path: str | Path) -> ImageInfo:
     """Identify the image by its content (not its extension) and decode every pixel of it."""
+    info, pixels = decode_image(path)
+    pixels.close()
+    return info
+
+
+def decode_image(path: str | Path) -> tuple[ImageInfo, Image.Image]:
+    """probe_image's findings and the decoded picture itself (the caller closes it): the content checks
+    measure the pixels that were decoded for the "decodes" check instead of decoding the file twice."""
     path = _existing_file(path)
     try:
         # verify() checks the structure (PNG chunk CRCs); it leaves the image unusable, hence the reopen.
         with Image.open(path) as img:
             img.verify()
-        with Image.open(path) as img:
+        img = Image.open(path)
+        try:
             img.load()
-            fmt, width, height, mode = img.format, img.width, img.height, img.mode
+        except BaseException:
+            img.close()
+            raise
+        fmt, width, height, mode = img.format, img.width, img.height, img.mode
     except Image.UnidentifiedImageError:
         raise MediaError(f"{path}: not an image Pillow can read (unknown or corrupt header)") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken data
         raise MediaError(f"{path}: the {identify_image_format(path) or 'image'} does not decode ({exc})") from None
-    return ImageInfo(
+    info = ImageInfo(
         path=path,
         format=fmt or "unknown",
         width=width,
@@ -103,6 +115,7 @@ def probe_image(path: str | Path) -> ImageInfo:
         size_bytes=path.stat().st_size,
         sha256=sha256_file(path),
     )
+    return info, img
 
 
 def identify_image_format(path: str | Path) -> str | None:

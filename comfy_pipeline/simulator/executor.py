@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_pipeline.comfyui.validation import full_type_name
+from comfy_pipeline.simulator.faults import CONTENT
 from comfy_pipeline.simulator.graph_eval import (
     SAMPLER_CLASSES,
     NodeContext,
@@ -167,10 +168,19 @@ class RunFaults:
     restart: bool = False
     corrupt_output: bool = False
     hostile_filename: bool = False
+    black_output: bool = False
+    flat_output: bool = False
+    frozen_output: bool = False
+    off_start_output: bool = False
+    silent_output: bool = False
 
     def kinds(self) -> list[str]:
         """The fault kinds drawn, by their faults.KINDS names."""
         return [name.replace("_", "-") for name, drawn in vars(self).items() if drawn]
+
+    def content(self) -> frozenset[str]:
+        """The content kinds drawn (faults.CONTENT): what the save nodes make of this prompt's outputs."""
+        return frozenset(kind for kind in self.kinds() if kind in CONTENT)
 
 
 @dataclass
@@ -373,6 +383,7 @@ class PromptRun:
             run_blocking=lambda function, *args: loop.run_in_executor(None, function, *args),
             sample=sample,
             send_binary=send_binary,
+            output_faults=self.faults.content(),
         )
         result = await evaluate(ctx, inputs)
         # Paint small batches (images, not video frames) at the node that makes them, as a real server computes

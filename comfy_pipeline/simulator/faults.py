@@ -1,7 +1,10 @@
 """Fault injection: the ways a real ComfyUI (or the proxy in front of it) lets a client down.
 
 Per-request kinds (`http-500`, `slow`) are drawn for every HTTP request; per-prompt kinds are drawn once
-for each prompt that starts running. `rate` is the chance of each draw, `count` caps how many draws may
+for each prompt that starts running. The content kinds make the prompt's saved outputs look like what real models
+hand back with no error at all: black (NaN-style all-zero pixels), flat (one mid colour), frozen (every frame
+frame 0), off-start (the clip animates another picture than its start image), silent (an all-zero audio track,
+added even when the workflow makes no sound). `rate` is the chance of each draw, `count` caps how many draws may
 hit (None = unlimited). Thread-safe: tests set faults from their own thread while the server runs.
 """
 
@@ -10,7 +13,8 @@ import threading
 from dataclasses import dataclass
 
 PER_REQUEST = ("http-500", "slow")
-PER_PROMPT = ("execution-error", "drop-ws", "restart", "corrupt-output", "hostile-filename")
+CONTENT = ("black-output", "flat-output", "frozen-output", "off-start-output", "silent-output")
+PER_PROMPT = ("execution-error", "drop-ws", "restart", "corrupt-output", "hostile-filename") + CONTENT
 KINDS = PER_REQUEST + PER_PROMPT
 
 

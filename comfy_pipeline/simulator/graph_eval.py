@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from comfy_pipeline.simulator import render
-from comfy_pipeline.simulator.values import Images, Latent, Token, Video
+from comfy_pipeline.simulator.content_faults import faulted_audio, faulted_images
+from comfy_pipeline.simulator.values import Audio, Images, Latent, Token, Video
 
 SAMPLER_CLASSES = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
 PREVIEW_IMAGE = 1  # binary ws event type (server.BinaryEventTypes.PREVIEW_IMAGE)
@@ -37,6 +38,7 @@ class NodeContext:
     run_blocking: Callable[..., Awaitable[Any]]  # run a blocking call in a worker thread
     sample: Callable[[int, Latent], Awaitable[None]]  # spend simulated GPU time over `steps` with progress
     send_binary: Callable[[bytes], Awaitable[None]]  # to the prompt's client socket
+    output_faults: frozenset[str] = frozenset()  # the content faults (faults.CONTENT) drawn for this prompt
 
 
 @dataclass
@@ -287,8 +289,15 @@ async def repeat_image_batch(ctx: NodeContext, inputs: dict) -> NodeResult:
     return NodeResult((Images(images.width, images.height, images.count * int(inputs["amount"]), ("repeat", images)),))
 
 
+async def audio_vae_decode(ctx: NodeContext, inputs: dict) -> NodeResult:
+    latent = inputs.get("samples")
+    seed = latent.seed if isinstance(latent, Latent) and latent.seed is not None else 0
+    return NodeResult((Audio(seed=seed),))
+
+
 async def create_video(ctx: NodeContext, inputs: dict) -> NodeResult:
-    return NodeResult((Video(inputs["images"], float(inputs["fps"])),))
+    audio = inputs.get("audio")
+    return NodeResult((Video(inputs["images"], float(inputs["fps"]), audio if isinstance(audio, Audio) else None),))
 
 
 # --- save nodes --------------------------------------------------------------------------------------
@@ -326,6 +335,7 @@ def _write_bytes(data: bytes) -> Callable[[Path], None]:
 
 
 async def _save_images(ctx: NodeContext, images: Images, prefix: str, folder_type: str) -> dict:
+    images = faulted_images(images, ctx.output_faults)
     base = ctx.output_dir if folder_type == "output" else ctx.temp_dir
     folder, filename, counter, subfolder = save_path(base, prefix)
     results = []
@@ -350,7 +360,7 @@ async def preview_image(ctx: NodeContext, inputs: dict) -> NodeResult:
 
 
 async def save_image_websocket(ctx: NodeContext, inputs: dict) -> NodeResult:
-    images: Images = inputs["images"]
+    images = faulted_images(inputs["images"], ctx.output_faults)
     for index in range(images.count):
         data = await ctx.run_blocking(lambda i=index: render.encode_png(render.render_frame(images, i)))
         await ctx.send_binary(PREVIEW_IMAGE.to_bytes(4, "big") + PNG_FORMAT.to_bytes(4, "big") + data)
@@ -376,21 +386,24 @@ async def save_video(ctx: NodeContext, inputs: dict) -> NodeResult:
     if codec not in ("h264", "av1"):
         codec = "av1" if extension == "webm" else "h264"
     container = VIDEO_CONTAINERS[extension]
-    write = lambda path: render.write_video(video.images, video.fps, codec, path, container)  # noqa: E731
+    images = faulted_images(video.images, ctx.output_faults)
+    audio = faulted_audio(video.audio, ctx.output_faults)
+    write = lambda path: render.write_video(images, video.fps, codec, path, container, audio)  # noqa: E731
     return NodeResult((video,), await _save_file(ctx, inputs["filename_prefix"], extension, write))
 
 
 async def save_webm(ctx: NodeContext, inputs: dict) -> NodeResult:
-    images: Images = inputs["images"]
+    images = faulted_images(inputs["images"], ctx.output_faults)
     codec = inputs.get("codec", "vp9")
     fps = float(inputs["fps"])
-    write = lambda path: render.write_video(images, fps, codec, path, "webm")  # noqa: E731
+    audio = faulted_audio(None, ctx.output_faults)
+    write = lambda path: render.write_video(images, fps, codec, path, "webm", audio)  # noqa: E731
     return NodeResult((images,), await _save_file(ctx, inputs["filename_prefix"], "webm", write))
 
 
 def _save_animated(image_format: str, extension: str):
     async def handler(ctx: NodeContext, inputs: dict) -> NodeResult:
-        images: Images = inputs["images"]
+        images = faulted_images(inputs["images"], ctx.output_faults)
         fps = float(inputs["fps"])
         write = lambda path: path.write_bytes(render.encode_animated(images, fps, image_format))  # noqa: E731
         return NodeResult((images,), await _save_file(ctx, inputs["filename_prefix"], extension, write))
@@ -408,7 +421,7 @@ HANDLERS: dict[str, Callable[[NodeContext, dict], Awaitable[NodeResult]]] = {
     "LoraLoaderModelOnly": _passthrough("model"),
     "ModelSamplingAuraFlow": _passthrough("model"),
     "KSamplerSelect": _token("SAMPLER"),
-    "LTXVAudioVAEDecode": _token("AUDIO"),
+    "LTXVAudioVAEDecode": audio_vae_decode,
     "PrimitiveInt": primitive,
     "PrimitiveFloat": primitive,
     "PrimitiveString": primitive,

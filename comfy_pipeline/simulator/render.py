@@ -6,6 +6,8 @@ Everything here is blocking and CPU-bound; the executor runs it in a worker thre
 import functools
 import hashlib
 import io
+import math
+import random
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -15,10 +17,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from comfy_pipeline.media.binaries import ffmpeg_command
-from comfy_pipeline.simulator.values import Images
+from comfy_pipeline.simulator.values import Audio, Images
 
 LABEL = "ComfyUI simulator"
-PAN_MARGIN = 0.12  # the video canvas is this much larger than the frame; the pan crosses it
+PUSH_IN = 0.2  # a clip's last frame shows 1 / (1 + PUSH_IN) of its start image's width, magnified
+DRIFT = 0.06  # and its centre has moved this share of the frame, in a direction drawn from the seed
 
 
 def render_frame(images: Images, index: int) -> Image.Image:
@@ -58,11 +61,7 @@ def _paint(images: Images, index: int) -> Image.Image:
         frames = args[0]
         return Image.frombytes("RGB", size, frames[index % len(frames)])
     if kind == "motion":
-        canvas = _motion_canvas(images)
-        progress = index / max(images.count - 1, 1)
-        left = round((canvas.width - images.width) * progress)
-        top = round((canvas.height - images.height) * progress)
-        return canvas.crop((left, top, left + images.width, top + images.height))
+        return _motion_frame(images, index)
     raise ValueError(f"unknown image recipe {kind!r}")
 
 
@@ -79,13 +78,31 @@ def load_image_file(path: str) -> Image.Image:
 
 
 @functools.lru_cache(maxsize=4)
-def _motion_canvas(images: Images) -> Image.Image:
-    """The still the video pans across: the conditioning image, a bit larger than the frame, labelled."""
-    inner = images.source[1]
-    size = (round(images.width * (1 + PAN_MARGIN)), round(images.height * (1 + PAN_MARGIN)))
-    canvas = ImageOps.fit(render_frame(inner, 0), size, Image.Resampling.BILINEAR)
-    _draw_label(canvas, [f"{LABEL} - image to video"], anchor_size=(images.width, images.height))
-    return canvas
+def _motion_start(inner: Images) -> Image.Image:
+    """Frame 0 of a clip: the start image, already fitted to the frame (scale to cover, centre crop)."""
+    return render_frame(inner, 0)
+
+
+def _motion_frame(images: Images, index: int) -> Image.Image:
+    """A slow push-in with a seeded drift: frame 0 is the start image itself (what an image-to-video model
+    keeps), every later frame shows a slightly smaller, shifted window of it, so consecutive frames differ."""
+    inner, seed = images.source[1], images.source[2]
+    start = _motion_start(inner)
+    if index == 0:
+        return start.copy()
+    progress = index / max(images.count - 1, 1)
+    width, height = images.width, images.height
+    scale = 1 + PUSH_IN * progress
+    window_w, window_h = width / scale, height / scale
+    angle = random.Random(seed).uniform(0, 2 * math.pi)
+    centre_x = width / 2 + math.cos(angle) * DRIFT * width * progress
+    centre_y = height / 2 + math.sin(angle) * DRIFT * height * progress
+    centre_x = min(max(centre_x, window_w / 2), width - window_w / 2)  # the window stays inside the picture
+    centre_y = min(max(centre_y, window_h / 2), height - window_h / 2)
+    box = (centre_x - window_w / 2, centre_y - window_h / 2, centre_x + window_w / 2, centre_y + window_h / 2)
+    frame = start.resize((width, height), Image.Resampling.BILINEAR, box=box)
+    _draw_label(frame, [f"{LABEL} - image to video"], font_size=max(8, min(width, height) // 40))
+    return frame
 
 
 def generated_image(size: tuple[int, int], seed: int, text: str) -> Image.Image:
@@ -105,9 +122,8 @@ def generated_image(size: tuple[int, int], seed: int, text: str) -> Image.Image:
     return picture
 
 
-def _draw_label(picture: Image.Image, lines: list[str], anchor_size: tuple[int, int] | None = None) -> None:
-    width, height = anchor_size or picture.size
-    font_size = max(10, min(width, height) // 18)
+def _draw_label(picture: Image.Image, lines: list[str], font_size: int | None = None) -> None:
+    font_size = font_size or max(10, min(picture.size) // 18)
     try:
         font = ImageFont.load_default(size=font_size)
     except (TypeError, OSError):  # Pillow without FreeType: fixed-size bitmap font
@@ -148,13 +164,24 @@ ENCODERS: dict[str, dict[str, object]] = {
 }
 
 
-def write_video(images: Images, fps: float, codec: str, destination: Path, container: str) -> None:
-    """Encode every frame with ffmpeg (raw RGB on stdin) into `destination` (muxer `container`), yuv420p at `fps`."""
+AUDIO_RATE = 48000  # LTX-2's audio VAE decodes 48 kHz stereo
+AUDIO_CODECS = {"mp4": "aac", "matroska": "aac", "webm": "libopus"}  # what SaveVideo's PyAV encoder picks
+
+
+def write_video(images: Images, fps: float, codec: str, destination: Path, container: str,
+                audio: Audio | None = None) -> None:
+    """Encode every frame with ffmpeg (raw RGB on stdin) into `destination` (muxer `container`), yuv420p at `fps`;
+    with `audio`, a sound track lasting the clip (made by ffmpeg itself: a tone, or zeros when silent)."""
     rate = Fraction(fps).limit_denominator(1001)
     raw = ffmpeg.input("-", f="rawvideo", pix_fmt="rgb24", s=f"{images.width}x{images.height}",
                        framerate=f"{rate.numerator}/{rate.denominator}")
     muxing = {"movflags": "+faststart"} if container == "mp4" else {}  # playable while downloading
-    encode = raw.output(str(destination), **ENCODERS[codec], pix_fmt="yuv420p", f=container, **muxing)
+    streams, sound = [raw], {}
+    if audio is not None:
+        streams.append(ffmpeg.input(_audio_source(audio), f="lavfi", t=f"{images.count / fps:.6f}"))
+        sound = {"c:a": AUDIO_CODECS[container], "ar": AUDIO_RATE, "ac": 2}
+    encode = ffmpeg.output(*streams, str(destination), **ENCODERS[codec], pix_fmt="yuv420p", f=container,
+                           **sound, **muxing)
     command = ffmpeg_command(encode, "-hide_banner", "-loglevel", "error", "-y")
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None
@@ -168,3 +195,11 @@ def write_video(images: Images, fps: float, codec: str, destination: Path, conta
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     if process.wait() != 0:
         raise RuntimeError(f"ffmpeg failed to encode the video: {stderr.strip()[-500:]}")
+
+
+def _audio_source(audio: Audio) -> str:
+    """An ffmpeg lavfi source: a seeded note (220-440 Hz, 1/8 of full scale), or digital silence."""
+    if audio.silent:
+        return f"anullsrc=r={AUDIO_RATE}:cl=stereo"
+    frequency = 220 * 2 ** ((audio.seed % 12) / 12)
+    return f"sine=f={frequency:.2f}:r={AUDIO_RATE}"

@@ -26,7 +26,7 @@ from PIL import Image
 from comfy_pipeline.comfyui.schema import object_info_with_models
 from comfy_pipeline.comfyui.validation import validate_prompt
 from comfy_pipeline.simulator.executor import OutputCache, PromptRun, RunEnvironment, RunFaults
-from comfy_pipeline.simulator.faults import Faults
+from comfy_pipeline.simulator.faults import CONTENT, Faults
 from comfy_pipeline.simulator.graph_eval import resolve_input_image, write_atomically
 from comfy_pipeline.simulator.queue import PromptQueue, QueueItem
 
@@ -307,6 +307,7 @@ class SimServer:
             restart=self.faults.take("restart") is not None,
             corrupt_output=self.faults.take("corrupt-output") is not None,
             hostile_filename=self.faults.take("hostile-filename") is not None,
+            **{kind.replace("-", "_"): self.faults.take(kind) is not None for kind in CONTENT},
         )
 
     async def on_mid_run(self, faults: RunFaults) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 #   ("resize", inner, crop)        any resize node: paint `inner`, then fit to this size (crop "center"/"disabled")
 #   ("invert", inner) / ("blur", inner, radius)
 #   ("repeat", inner)              RepeatImageBatch: frame i is inner frame i % inner.count
-#   ("motion", inner, seed)        a decoded video latent: slow pan over inner frame 0
+#   ("motion", inner, seed)        a decoded video latent: frame 0 is inner frame 0, then a slow push-in and drift
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,18 @@ class Latent:
 
 
 @dataclass(frozen=True)
+class Audio:
+    """AUDIO from a decoded audio latent (LTXVAudioVAEDecode): a seeded tone; `silent` = all-zero samples."""
+
+    seed: int
+    silent: bool = False
+
+
+@dataclass(frozen=True)
 class Video:
     images: Images
     fps: float
+    audio: Audio | None = None  # CreateVideo's optional `audio` input
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ give the path of any workflow file of the user's own (`load_user_workflow`).
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from comfy_pipeline.comfyui.schema import load_bundled_object_info
+from comfy_pipeline.media.content import CONTENT_CHECKS
 
 ENV_DIR = "COMFY_PIPELINE_WORKFLOWS_DIR"
 MAP_SUFFIX = ".params.json"
@@ -170,6 +172,8 @@ class Workflow:
     outputs: Mapping[str, OutputSpec]
     filename_prefix: tuple[str, str]  # (node id, input name)
     description: str = ""
+    # Content checks that do not apply to this workflow's outputs (map key "skip_checks"; absent: none skipped).
+    skip_checks: frozenset[str] = frozenset()
     _source: str = field(default="", repr=False)  # the graph as JSON text: nothing can mutate it
 
     def graph(self) -> dict:
@@ -178,6 +182,12 @@ class Workflow:
 
     def defaults(self) -> dict[str, Any]:
         return {name: spec.default for name, spec in self.params.items()}
+
+    @functools.cached_property
+    def makes_audio(self) -> bool:
+        """The workflow puts a sound track into its video: a CreateVideo node whose "audio" input is a link."""
+        return any(node["class_type"] == "CreateVideo" and _is_link(node["inputs"].get("audio"))
+                   for node in json.loads(self._source).values())
 
     def validate_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Every parameter's value, checked and coerced, defaults filled in. Raises WorkflowError."""
@@ -467,7 +477,22 @@ def _target(raw: Any, graph: dict, where: str, what: str) -> tuple[str, str]:
     return node_id, input_name
 
 
-def _parse_map(raw: Any, graph: dict, map_path: Path) -> tuple[str, str, dict, dict, tuple[str, str]]:
+def _skip_checks(raw: Any, where: str) -> frozenset[str]:
+    """The map's "skip_checks": content checks (media.content.CONTENT_CHECKS) its outputs are not held to."""
+    if raw is None:
+        return frozenset()
+    known = ", ".join(CONTENT_CHECKS)
+    if not isinstance(raw, list) or not all(isinstance(name, str) for name in raw):
+        raise WorkflowError(f"{where}: skip_checks must be a list of content check names ({known}); got {raw!r}")
+    unknown = [name for name in raw if name not in CONTENT_CHECKS]
+    if unknown:
+        raise WorkflowError(f"{where}: skip_checks names unknown content check(s) {', '.join(map(repr, unknown))}; "
+                            f"known checks: {known}")
+    return frozenset(raw)
+
+
+def _parse_map(raw: Any, graph: dict, map_path: Path
+               ) -> tuple[str, str, dict, dict, tuple[str, str], frozenset[str]]:
     where = f"parameter map {map_path.name}"
     if not isinstance(raw, dict):
         raise WorkflowError(f"{where} must be a JSON object")
@@ -488,7 +513,8 @@ def _parse_map(raw: Any, graph: dict, map_path: Path) -> tuple[str, str, dict, d
             raise WorkflowError(f"{where}: output node {node_id} has kind {kind!r}; use one of {list(OUTPUT_KINDS)}")
         outputs[node_id] = OutputSpec(node_id, kind)
     prefix = _target(raw.get("filename_prefix"), graph, where, "filename_prefix")
-    return str(raw.get("kind", "")), str(raw.get("description", "")), params, outputs, prefix
+    skip = _skip_checks(raw.get("skip_checks"), where)
+    return str(raw.get("kind", "")), str(raw.get("description", "")), params, outputs, prefix, skip
 
 
 def load_workflow(name_or_path: str | Path, *, directory: Path | None = None) -> Workflow:
@@ -513,7 +539,7 @@ def load_workflow(name_or_path: str | Path, *, directory: Path | None = None) ->
         )
     if not map_path.resolve().is_relative_to(folder):
         raise WorkflowError(f"parameter map {map_path.name} resolves outside the workflows folder {folder}")
-    kind, description, params, outputs, prefix = _parse_map(
+    kind, description, params, outputs, prefix, skip = _parse_map(
         _parse_json(_read(map_path, "parameter map"), map_path, "parameter map"), graph, map_path
     )
     return Workflow(
@@ -525,6 +551,7 @@ def load_workflow(name_or_path: str | Path, *, directory: Path | None = None) ->
         outputs=MappingProxyType(outputs),
         filename_prefix=prefix,
         description=description,
+        skip_checks=skip,
         _source=json.dumps(graph, ensure_ascii=False),
     )
 

@@ -46,6 +46,7 @@ def test_an_old_image_manifest_loads_with_defaults_for_what_it_did_not_record():
     (item,) = manifest.items
     assert item.job == "prompt 0" and item.spec == PromptSpec(**SPEC) and item.seed == 7
     assert item.comfyui_url == "" and item.facts == {"width": 10, "height": 10, "format": "PNG"}
+    assert item.measures == {} and item.attempt == 1 and manifest.rejected == ()
     assert item.checks[1] == CheckResult("dimensions", False, "10x10", "512x384", "too small") and not item.passed
     (failed,) = manifest.failed
     assert failed.comfyui_url is None and failed.comfyui_node == "57:3 (KSampler)" and failed.server_traceback == ()
@@ -69,7 +70,24 @@ def test_what_is_written_reads_back_the_same():
     assert again.failed[0] == FailedPrompt(**{**failed.__dict__, "server_traceback": ()})  # not in the manifest
     assert again.timings_s == {"execution": 1.0} and again.backend == "comfyui" and again.source is None
     spec_json = OutputItem.from_json(OLD_IMAGE_MANIFEST["items"][0]).to_json()
-    assert {k: v for k, v in spec_json.items() if k != "comfyui_url"} == OLD_IMAGE_MANIFEST["items"][0]
+    new_keys = ("comfyui_url", "measures", "attempt")
+    assert {k: v for k, v in spec_json.items() if k not in new_keys} == OLD_IMAGE_MANIFEST["items"][0]
+
+
+def test_measures_attempts_and_rejected_attempts_read_back_the_same():
+    first = OutputItem.from_json(OLD_IMAGE_MANIFEST["items"][0])
+    black = CheckResult("brightness", False, 0.0, ">= 16.0", "image is black: mean luma 0.0/255, spread 0.0")
+    rejected = OutputItem(**{**first.__dict__, "checks": first.checks + (black,),
+                             "measures": {"mean_luma": 0.0, "luma_spread": 0.0, "one_colour_share": None}})
+    kept = OutputItem(**{**first.__dict__, "spec": PromptSpec(**{**SPEC, "seed": 8}), "attempt": 2,
+                         "measures": {"mean_luma": 112.5, "luma_spread": 40.25, "one_colour_share": 0.01}})
+    raw = json.loads(json.dumps(GenerationManifest((kept,), rejected=(rejected,)).to_json()))
+    assert raw["items"][0]["measures"]["mean_luma"] == 112.5 and raw["items"][0]["attempt"] == 2
+    assert raw["rejected"][0]["checks"][-1]["message"].startswith("image is black")
+    again = GenerationManifest.from_json(raw)
+    assert again.items == (kept,) and again.rejected == (rejected,) and again.items[0].seed == 8
+    assert again.rejected[0].measures["one_colour_share"] is None and not again.rejected[0].passed
+    assert GenerationManifest.from_json(again.listing_json()).rejected == (rejected,)
 
 
 def test_the_server_traceback_goes_only_into_the_items_listing():

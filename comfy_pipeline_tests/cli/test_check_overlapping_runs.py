@@ -42,7 +42,8 @@ def test_runs_overlap_and_each_test_keeps_its_own_run_outputs_and_checkpoint(tmp
     for i, test in enumerate(tests):
         assert test["success"] and len(test["outputs"]) == 1 and Path(test["outputs"][0]).is_file()
         assert f"overlap-prompt-{i}" in Path(test["outputs"][0]).name  # its own prompt's image, not another's
-        assert {c["name"] for c in test["checks"]} == {"format", "file_size", "decodes", "dimensions"}
+        assert {c["name"] for c in test["checks"]} == {"format", "file_size", "decodes", "dimensions",  # the file
+                                                       "brightness", "detail"}  # the picture
     # The runs were really in flight together: some run started before the one before it had ended.
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         records = {r.dagster_run.run_id: r for r in instance.get_run_records()}

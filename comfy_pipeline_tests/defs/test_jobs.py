@@ -49,6 +49,8 @@ def test_image_to_video_job_produces_validated_outputs_with_metadata_and_lineage
             assert path.is_file() and path.is_relative_to(out)
             assert Image.open(path).size == (512, 384)
             assert all(c["passed"] for c in item["checks"])
+            assert {"brightness", "detail"} <= {c["name"] for c in item["checks"]}  # the content checks ran
+            assert item["measures"]["luma_spread"] > 4 and item["attempt"] == 1
             assert item["prompt_id"]
 
         video_items = items_of(materializations(result, "ltx2_video")[0])
@@ -56,10 +58,14 @@ def test_image_to_video_job_produces_validated_outputs_with_metadata_and_lineage
         info = probe_video(Path(video_items[0]["path"]))
         assert (info.width, info.height, info.frame_count, round(info.fps)) == (1280, 704, 17, 24)
         assert video_items[0]["input_image"] == items[0]["path"]
+        # LTX-2 makes sound, and its clip starts from the image it was given: every video check ran and passed.
+        video_checks = {c["name"]: c["passed"] for c in video_items[0]["checks"]}
+        assert all(video_checks[name] for name in ("motion", "blank_frames", "start_frame", "audio"))
+        assert video_items[0]["measures"]["start_similarity"] > 0.5
 
         assert all(check_evaluations(result).values())
         report_meta = materializations(result, "validation_report")[0].metadata
-        assert report_meta["failed"].value == 0 and report_meta["passed"].value == 2 * 4 + 2 * 7
+        assert report_meta["failed"].value == 0 and report_meta["passed"].value == 2 * (4 + 2) + 2 * (7 + 4)
         report = json.loads(Path(report_meta["report_json"].value).read_text())
         assert {row["asset"] for row in report["rows"]} == {"generated_image", "ltx2_video"}
         assert Path(report_meta["report_csv"].value).read_text().startswith("prompt,asset,check,passed")

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: every other `comfy-pipeline` command stays fast.
-    from comfy_pipeline.cli.bench import measurements, scale, servers
+    from comfy_pipeline.cli.bench import measurements, scale, servers, validation
     from comfy_pipeline.cli.bench.definitions_load import definitions_validate
     from comfy_pipeline.cli.bench.memory import download_memory
     from comfy_pipeline.cli.bench.report import as_json, machine, table
@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         _measure(figures, "video validation",
                  lambda: [measurements.video_validation(video[0] if video else None, plan.video_repeats)],
                  ["video_validation_s"])
+        _measure(figures, "validation with content checks",
+                 lambda: validation.validation_figures(work / "validation", plan.video_repeats),
+                 ["content_validation_video_s", "content_validation_image_s"])
         if args.scale:
             sizes = scale.QUICK_SCALE if args.quick else scale.FULL_SCALE
             _measure(figures, "check GPU utilisation", lambda: [scale.check_utilisation(sizes, work / "check")],
