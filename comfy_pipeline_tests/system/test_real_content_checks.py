@@ -91,7 +91,7 @@ def test_a_black_image_fails_as_black(tmp_path):
 
 def test_a_flat_image_fails_for_lack_of_detail(tmp_path):
     proc, checks = check_image(tmp_path, WORKFLOWS / "flat_image.json")
-    failed(proc, checks, "detail", "flat")
+    failed(proc, checks, "detail", "image is flat")
 
 
 def test_a_textured_image_passes(tmp_path):
@@ -99,12 +99,13 @@ def test_a_textured_image_passes(tmp_path):
     photo_like(640, 400).save(photo)
     with ComfyUIClient(URL) as client:
         name = client.upload_image(photo)
-    # A workflow file of the user's own, beside its params, that loads the uploaded photo.
+    # An image test uploads nothing: a workflow file of the user's own (beside its params) names the photo.
+    graph = json.loads((WORKFLOWS / "textured_image.json").read_text())
     params = json.loads((WORKFLOWS / "textured_image.params.json").read_text())
-    params["parameters"]["image"]["default"] = name
-    (tmp_path / "textured_image.params.json").write_text(json.dumps(params))
+    graph["98"]["inputs"]["image"] = params["parameters"]["image"]["default"] = name
     workflow = tmp_path / "textured_image.json"
-    workflow.write_text((WORKFLOWS / "textured_image.json").read_text())
+    workflow.write_text(json.dumps(graph))
+    (tmp_path / "textured_image.params.json").write_text(json.dumps(params))
     proc, checks = check_image(tmp_path, workflow)
     passed(proc, checks, ("brightness", "detail"))
 
@@ -113,7 +114,7 @@ def test_a_frozen_video_fails_as_frozen(tmp_path):
     start = tmp_path / "start.png"
     photo_like(640, 360).save(start)
     proc, checks = check_video(tmp_path, "frozen_video.json", start)
-    failed(proc, checks, "motion", "frozen")
+    failed(proc, checks, "motion", "video is frozen")
 
 
 def test_a_moving_video_from_its_start_image_passes(tmp_path):
@@ -123,7 +124,7 @@ def test_a_moving_video_from_its_start_image_passes(tmp_path):
 
 def test_a_video_that_does_not_start_from_its_image_fails(tmp_path):
     proc, checks = check_video(tmp_path, "off_start_video.json", save_panning_png(tmp_path / "start.png"))
-    failed(proc, checks, "start_frame", "start")
+    failed(proc, checks, "start_frame", "video does not start from its start image")
 
 
 def test_a_silent_sound_track_fails(tmp_path):
@@ -131,4 +132,4 @@ def test_a_silent_sound_track_fails(tmp_path):
         if "EmptyAudio" not in client.object_info():
             pytest.skip("this ComfyUI has no EmptyAudio node to make a silent track with")
     proc, checks = check_video(tmp_path, "silent_video.json", save_panning_png(tmp_path / "start.png"))
-    failed(proc, checks, "audio", "silent")
+    failed(proc, checks, "audio", "audio is silent")
