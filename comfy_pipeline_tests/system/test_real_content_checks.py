@@ -28,7 +28,7 @@ pytestmark = [
 ]
 WORKFLOWS = FIXTURES / "content_workflows"
 ONLY_CONTENT = ("--image-min-bytes", "0", "--video-min-bytes", "0")  # flat pictures compress to a few KB
-FRAMES = 9  # the animated PNG's frames: the clips' length, as `check --frames` expects it
+FRAMES = 25  # the animated PNG's frames: the clips' length (1 s at 25 fps), as `check --frames` expects it
 CHECK_TIMEOUT = 600  # seconds: Dagster's start-up and a CPU server's encoding, on a busy machine
 
 
@@ -46,11 +46,17 @@ def photo_like(width: int, height: int, seed: int = 20) -> Image.Image:
     return Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
 
 
-def save_panning_png(path: Path, width: int = 640, height: int = 360, step: int = 24) -> Path:
-    """An animated PNG of FRAMES frames panning `step` pixels a frame across a wider photo-like picture."""
-    wide = photo_like(width + step * FRAMES, height)
-    frames = [wide.crop((i * step, 0, i * step + width, height)) for i in range(FRAMES)]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0)
+def save_panning_png(path: Path, *, moving: int = FRAMES, width: int = 640, height: int = 360, step: int = 12) -> Path:
+    """An animated PNG of FRAMES frames panning `step` pixels a frame across a wider photo-like picture; after
+    `moving` frames it stands still (the rest repeat the last one)."""
+    wide = photo_like(width + step * moving, height)
+    frames = [wide.crop((i * step, 0, i * step + width, height)) for i in range(moving)]
+    for i in range(FRAMES - moving):
+        # Pillow merges identical frames into one: touch two corner pixels so each still frame is kept whole.
+        still = np.asarray(frames[moving - 1]).copy()
+        still[0, 0, 0] = still[-1, -1, 0] = i % 2 * 255
+        frames.append(Image.fromarray(still))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0)
     return path
 
 
@@ -120,6 +126,12 @@ def test_a_frozen_video_fails_as_frozen(tmp_path):
 def test_a_moving_video_from_its_start_image_passes(tmp_path):
     proc, checks = check_video(tmp_path, "moving_video.json", save_panning_png(tmp_path / "start.png"))
     passed(proc, checks, ("motion", "blank_frames", "start_frame"))
+
+
+def test_a_video_frozen_for_most_of_its_length_fails(tmp_path):
+    start = save_panning_png(tmp_path / "start.png", moving=5)  # 0.2 s of motion, then 0.8 s still
+    proc, checks = check_video(tmp_path, "moving_video.json", start)
+    failed(proc, checks, "motion", "video is frozen for most of its length")
 
 
 def test_a_video_that_does_not_start_from_its_image_fails(tmp_path):
