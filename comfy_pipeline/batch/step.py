@@ -80,10 +80,10 @@ class Source:
     image: Path | None = None
     attempt: int = 1  # 2, 3, ...: queued again after a content check failed (content_retries)
 
-    def again(self) -> "Source":
-        """The next attempt: the same prompt with the next seed."""
-        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, seed=self.spec.seed + 1),
-                                   attempt=self.attempt + 1)
+    def again(self, max_seed: int | None = None) -> "Source":
+        """The next attempt: the same prompt with the next seed (0 after the workflow's largest)."""
+        seed = self.spec.seed + 1 if max_seed is None or self.spec.seed < max_seed else 0
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, seed=seed), attempt=self.attempt + 1)
 
 
 @dataclass(frozen=True)
@@ -207,11 +207,18 @@ def broken_line(item: OutputItem) -> str:
     return f"{prompt_label(item)}: {item.path}: {reasons}"
 
 
+# A black or flat picture compresses to a tiny file: with a failed content check, a failed size check is the
+# same bad draw, not a bad file.
+SYMPTOMS = ("file_size",)
+
+
 def content_failure(item: OutputItem) -> bool:
-    """The output passed every file check but failed a content check: a new seed may do better. (A bad file is
-    a server or transfer fault, not a bad draw.)"""
+    """The output failed a content check and is otherwise a good file: a new seed may do better. A file that is
+    broken (wrong format, does not decode, wrong dimensions or length) is a server or transfer fault, not a bad
+    draw, and is not made again."""
     failed = [c for c in item.checks if not c.passed]
-    return bool(failed) and all(c.name in CONTENT_CHECKS for c in failed)
+    return (any(c.name in CONTENT_CHECKS for c in failed)
+            and all(c.name in CONTENT_CHECKS or c.name in SYMPTOMS for c in failed))
 
 
 def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: str, prompt_ids: Sequence[str],
@@ -243,6 +250,7 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
     errors: dict[int, BaseException] = {}
     rejected: list[OutputItem] = []
     round_sources, round_ids = list(sources), ids
+    max_seed = workflow.params["seed"].maximum if "seed" in workflow.params else None
     with ThreadPoolExecutor(max_workers=2) as pool:
         while round_sources:
             made = _run_round(kind, round_sources, round_ids, workflow, servers, server, run_id, folder, pool,
@@ -251,7 +259,7 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
             for source, found in made:
                 if isinstance(found, OutputItem) and content_failure(found) and source.attempt <= content_retries:
                     rejected.append(found)
-                    retry = source.again()
+                    retry = source.again(max_seed)
                     log.warning(f"{broken_line(found)} -- queueing it again with seed {retry.spec.seed} "
                                 f"(content retry {source.attempt} of {content_retries})")
                     again.append(retry)

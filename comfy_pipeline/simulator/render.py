@@ -20,8 +20,8 @@ from comfy_pipeline.media.binaries import ffmpeg_command
 from comfy_pipeline.simulator.values import Audio, Images
 
 LABEL = "ComfyUI simulator"
-PUSH_IN = 0.2  # a clip's last frame shows 1 / (1 + PUSH_IN) of its start image's width, magnified
-DRIFT = 0.06  # and its centre has moved this share of the frame, in a direction drawn from the seed
+PUSH_IN = 0.3  # a clip's last frame shows 1 / (1 + PUSH_IN) of its start image's width, magnified
+DRIFT = 0.08  # and its centre has moved this share of the frame, in a direction drawn from the seed
 
 
 def render_frame(images: Images, index: int) -> Image.Image:

@@ -83,3 +83,21 @@ def test_a_server_that_does_not_answer_is_a_transient_step_failure(tmp_path):
         with pytest.raises(ServerUnreachable) as error:
             _run(servers, [step.Source(0, PromptSpec(text="a fox", **SMALL))], tmp_path, [])
     assert error.value.transient
+
+
+def test_only_a_content_failure_of_a_good_file_is_made_again_and_with_the_next_seed():
+    from comfy_pipeline.batch.records import CheckResult, OutputItem
+
+    def item(*failed: str) -> OutputItem:
+        names = ("format", "file_size", "decodes", "dimensions", "brightness", "detail")
+        checks = tuple(CheckResult(n, n not in failed, None, None, f"{n} message") for n in names)
+        return OutputItem("prompt 0", "a fox", PromptSpec(text="a fox"), "/out/x.png", checks)
+
+    assert step.content_failure(item("brightness", "detail"))
+    assert step.content_failure(item("file_size", "brightness"))  # a black picture compresses to a tiny file
+    assert not step.content_failure(item("decodes", "brightness"))  # a broken file: not a bad draw
+    assert not step.content_failure(item("dimensions"))
+    assert not step.content_failure(item())
+    first = step.Source(2, PromptSpec(text="a fox", seed=41))
+    assert (first.again().spec.seed, first.again().attempt, first.again().index) == (42, 2, 2)
+    assert first.again(max_seed=41).spec.seed == 0  # past the workflow's largest seed: round to 0

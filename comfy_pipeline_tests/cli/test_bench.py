@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 FIGURES = {
     "notice_latency_median_ms", "notice_latency_p95_ms", "gpu_utilisation", "job_overhead_s",
     "download_peak_memory_mb", "video_validation_s", "definitions_validate_s",
+    "content_validation_video_s", "content_validation_image_s",
     # --scale, with --quick's sizes
     "check_gpu_utilisation", "client_cost_per_prompt_ms_50", "peak_rss_growth_mb", "event_log_rows_per_prompt",
     "metadata_bytes_per_prompt", "two_server_throughput",

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -107,6 +108,25 @@ def test_faults_from_the_command_line_and_loopback_default() -> None:
         # Bound to 127.0.0.1 only: another address of this machine (even 127.0.0.2) is refused.
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.2", server.port), timeout=5).close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_content_faults_from_the_command_line() -> None:
+    server = Server("--fault", "black-output:1", "--fault", "silent-output:0")
+    try:
+        assert server.url in server.banner, server.process.stderr.read()
+        workflow = json.loads((REPO_WORKFLOWS / "z_image_turbo_generation.json").read_text())
+        workflow["57:13"]["inputs"].update(width=128, height=96)
+        prompt_id = requests.post(f"{server.url}/prompt", json={"prompt": workflow}, timeout=10).json()["prompt_id"]
+        entry, deadline = {}, time.monotonic() + 60
+        while not entry.get("status", {}).get("completed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            entry = requests.get(f"{server.url}/history/{prompt_id}", timeout=10).json().get(prompt_id, {})
+        (image,) = [image for output in entry["outputs"].values() for image in output["images"]]
+        data = requests.get(f"{server.url}/view", params=image, timeout=10).content
+        with Image.open(io.BytesIO(data)) as picture:
+            assert picture.size == (128, 96) and picture.convert("RGB").getextrema() == ((0, 0),) * 3
     finally:
         assert server.stop() == 0
 

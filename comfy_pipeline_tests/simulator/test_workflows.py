@@ -1,6 +1,6 @@
 """The project's two official-template workflows (workflows/*.json) and the captured video graphs produce real
 files on the simulator: a seeded, labelled PNG of the latent's size; an H.264 MP4 with exactly `length`
-frames at CreateVideo's fps, panning over the uploaded image. Checked with Pillow and ffprobe."""
+frames at CreateVideo's fps, moving from the uploaded image (and its sound track). Checked with Pillow and ffprobe."""
 
 import copy
 import io
@@ -93,7 +93,7 @@ def test_identical_resubmit_is_served_from_cache_without_new_files(simulator: Si
     assert run(simulator, renamed)["outputs"]["9"]["images"][0]["filename"] == "renamed_00001_.png"
 
 
-def test_image_to_video_pans_over_the_uploaded_image(simulator: Simulator) -> None:
+def test_image_to_video_moves_from_the_uploaded_image(simulator: Simulator) -> None:
     still = output_file(simulator, run(simulator, text_to_image("a fox in snow", seed=11))["outputs"]["9"]["images"][0])
     files = {"image": ("fox.png", still.read_bytes(), "image/png")}
     uploaded = requests.post(simulator.url + "/upload/image", files=files, data={"subfolder": "pipeline"},
