@@ -199,7 +199,7 @@ def test_http_500s_never_duplicate_a_prompt(instance, tmp_path):
         result = execute("image_generation_job", instance, config(sim.url, tmp_path / "out", prompts(4)))
         sim.clear_faults()
         assert sim.fault_hits()["http-500"] >= 1
-        failed = [line for line in failure_text(result).splitlines() if re.match(r"prompt \d: ", line)]
+        failed = [line for line in failure_text(result).splitlines() if re.match(r"prompt \d \(.*\): ", line)]
         assert all("HTTP 500" in line and "look at the ComfyUI server log" in line for line in failed)
         # POST /prompt is not retried: a prompt whose POST got a 500 never ran; every other one ran once.
         refused = [line for line in failed if "on POST /prompt" in line]
