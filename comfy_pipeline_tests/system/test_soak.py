@@ -46,7 +46,9 @@ def _outcomes(result, job: str, size: int) -> list[str]:
     failed: dict[tuple[str, int], str] = {}
     for line in failure_text(result).splitlines():
         match = re.match(r"(prompt|video) (\d+) \('.*?'\): (.*)", line)
-        if match:
+        if match and re.match(r"\S+\.(png|jpe?g|webp|mp4|webm): ", match[3]):  # an output that failed a check
+            failed[(match[1], int(match[2]))] = "failed check, file kept"
+        elif match:
             reason = next((name for name, pattern in CLEAR_REASONS.items() if re.search(pattern, line)), None)
             failed[(match[1], int(match[2]))] = f"failed: {reason}" if reason else f"UNCLEAR: {match[3][:200]}"
     stages = [("prompt", "generated_image")] + ([("video", "ltx2_video")] if job == "image_to_video_job" else [])
