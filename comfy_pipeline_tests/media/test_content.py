@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from comfy_pipeline.cli.bench.validation import photo_like  # the bench's good picture: one maker for both
 from comfy_pipeline.media import (
     CONTENT_CHECKS,
     MEASURE_KEYS,
@@ -34,19 +35,6 @@ SIZE = (256, 192)
 H264 = ("-c:v", "libx264", "-preset", "veryfast", "-crf", "30")
 VP9 = ("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "400k")
 AV1 = ("-c:v", "libaom-av1", "-cpu-used", "8", "-crf", "45", "-b:v", "0")
-
-
-def photo_like(width: int, height: int, seed: int) -> Image.Image:
-    """A picture with the statistics of a photo: coloured noise whose spectrum falls as 1/f (natural images do)."""
-    rng = np.random.default_rng(seed)
-    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
-    f = np.hypot(fx, fy)
-    f[0, 0] = 1.0
-    channels = [np.fft.irfft2((rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f, s=(height, width))
-                for _ in range(3)]
-    rgb = np.stack(channels, axis=-1) @ (np.eye(3) + 0.3 * rng.normal(size=(3, 3)))
-    rgb = (rgb - rgb.mean()) / rgb.std() * 50 + 120
-    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
 
 
 def push_in(picture: Image.Image, frames: int, zoom: float, size: tuple[int, int] = SIZE) -> list[Image.Image]:
