@@ -98,6 +98,9 @@ class ComfyWorkflowComponent(dg.Component, dg.Resolvable, dg.Model):
         if workflow.kind not in WORKFLOW_KINDS:
             raise ComponentError(f"workflow {workflow.name!r} does not say what it does: add \"kind\": one of "
                                  f"{', '.join(WORKFLOW_KINDS)} to {workflow.name}{MAP_SUFFIX}")
+        if self.asset.partitions_def is not None:
+            raise ComponentError("asset.partitions_def: partitioned ComfyUI assets are not supported (each "
+                                 "materialization is one batch of prompts); remove it")
         retry = self.retry or RetrySettings()
         if any(value is not None and value < 0 for value in (retry.max_retries, retry.delay)):
             raise ComponentError(f"retry: max_retries and delay must be 0 or more, got {retry.max_retries}, "
