@@ -41,10 +41,16 @@ def run_dir(output_dir: str | Path, run_id: str, started_at: float) -> Path:
     return Path(output_dir) / "runs" / run_folder_name(run_id, started_at)
 
 
-def kind_dir(run_folder: Path, kind: str) -> Path:
+SUBFOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def kind_dir(run_folder: Path, kind: str, subfolder: str = "") -> Path:
+    """`<run folder>/<kind>/`, or `<run folder>/<kind>/<subfolder>/` (one plain name: an asset's own outputs)."""
     if kind not in KINDS:
         raise OutputPathError(f"unknown output kind {kind!r}; one of {KINDS}")
-    folder = run_folder / kind
+    if subfolder and not SUBFOLDER.fullmatch(subfolder):
+        raise OutputPathError(f"output subfolder {subfolder!r}: use one plain name (letters, digits, _ . -)")
+    folder = run_folder / kind / subfolder if subfolder else run_folder / kind
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

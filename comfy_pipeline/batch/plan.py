@@ -19,17 +19,19 @@ LABELS = {"images": "prompt", "videos": "video"}  # "prompt 3" and "video 3" in 
 
 def gpu_job(kind: str, index: int, spec: PromptSpec, image: Path | None, workflow: Workflow, run_id: str,
             dest_dir: Path, prompt_id: str | None = None, attempt: int = 1,
-            fixed: Mapping[str, Any] | None = None) -> Job:
+            fixed: Mapping[str, Any] | None = None, subfolder: str = "") -> Job:
     """The job of prompt `index` of a run: an image from `spec` (kind "images"), or a video or an image made from
     `image`. Its server-side prefix carries the run id, so no run ever gets another's (or a cached) output; a
     later `attempt` (content_retries) carries its number too, and its file name its new seed. `fixed`: values the
-    asset gives every prompt (a component's `params`), over the prompt's own."""
+    asset gives every prompt (a component's `params`), over the prompt's own; `subfolder`: the asset's own folder
+    under the run's, on the server too."""
     text = spec.text if image is None or workflow.kind == "image-to-image" else spec.motion_prompt or spec.text
     return Job(
         key=f"{LABELS[kind]} {index}",
         workflow=workflow,
         values={**prompt_values(workflow, spec, image), **(fixed or {})},
-        filename_prefix=f"comfy_pipeline/{run_id[:8]}/{kind[:-1]}_{index:02d}{f'_a{attempt}' if attempt > 1 else ''}",
+        filename_prefix=f"comfy_pipeline/{run_id[:8]}/{f'{subfolder}/' if subfolder else ''}{kind[:-1]}_{index:02d}"
+                        f"{f'_a{attempt}' if attempt > 1 else ''}",
         dest_dir=dest_dir,
         dest_stem=f"{index:02d}_{outputs.slugify(text)}_seed{spec.seed}",
         upload=image,

@@ -224,14 +224,16 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
                  run_ended: Callable[[str], bool], log: Any,
                  on_server: Callable[[ServerInfo], None] | None = None,
                  content: ContentThresholds = ContentThresholds(), content_retries: int = 0,
-                 workflow_folder: Path | None = None, fixed: Mapping[str, Any] | None = None) -> StepOutcome:
+                 workflow_folder: Path | None = None, fixed: Mapping[str, Any] | None = None,
+                 output_subfolder: str = "") -> StepOutcome:
     """Run every source through the kind's workflow on `servers`, check each output against `thresholds`
     (ImageThresholds or VideoThresholds) and `content` (the workflow's skip_checks left out) and describe them
     all, the failed prompts included. A prompt whose output failed a content check is queued again with the next
     seed, up to `content_retries` times. `run_ended` says whether another run has ended (its prompts left on a
     server are then cancelled); `log` is a logger (Dagster's context.log); `on_server` hears who the servers are
     before any prompt is queued. The workflow is looked up in the workflows folders, or in `workflow_folder` (a
-    component's own); `fixed` are parameter values for every prompt, over the prompts' own."""
+    component's own); `fixed` are parameter values for every prompt, over the prompts' own; `output_subfolder`
+    keeps an asset's outputs apart from others' of the same kind in the run folder (and on the server)."""
     if content_retries < 0:
         raise StepInputError(f"content_retries must be 0 or more, got {content_retries}")
     loading_started = time.monotonic()
@@ -242,7 +244,7 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
         log.warning(f"not answering, left out of this step: {problem}")
     if on_server is not None:
         on_server(server)
-    folder = outputs.kind_dir(run_folder, kind.folder)
+    folder = outputs.kind_dir(run_folder, kind.folder, output_subfolder)
     cancel_orphans(servers, server, run_ended, log)
     ids = chosen_prompt_ids(prompt_ids, len(sources))
     _warm_up_report_imports()
@@ -254,7 +256,7 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
     with ThreadPoolExecutor(max_workers=2) as pool:
         while round_sources:
             made = _run_round(kind, round_sources, round_ids, workflow, servers, server, run_id, folder, pool,
-                              thresholds, content, log, fixed or {})
+                              thresholds, content, log, fixed or {}, output_subfolder)
             again = []
             for source, found in made:
                 if isinstance(found, OutputItem) and content_failure(found) and source.attempt <= content_retries:
@@ -278,11 +280,11 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
 
 def _run_round(kind: OutputKind, sources: Sequence[Source], ids: Sequence[str | None], workflow: Workflow,
                servers: Servers, server: ServerInfo, run_id: str, folder: Path, pool: ThreadPoolExecutor,
-               thresholds: Any, content: ContentThresholds, log: Any, fixed: Mapping[str, Any]
-               ) -> list[tuple[Source, Any]]:
+               thresholds: Any, content: ContentThresholds, log: Any, fixed: Mapping[str, Any],
+               subfolder: str) -> list[tuple[Source, Any]]:
     """One batch of the step: each source with its described output, or (its FailedPrompt, the error)."""
     jobs = [plan.gpu_job(kind.folder, s.index, s.spec, s.image, workflow, run_id, folder, ids[n], attempt=s.attempt,
-                         fixed=fixed) for n, s in enumerate(sources)]
+                         fixed=fixed, subfolder=subfolder) for n, s in enumerate(sources)]
     source_of = {job.key: source for job, source in zip(jobs, sources)}
     checking = {}
 

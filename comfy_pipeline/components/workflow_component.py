@@ -14,6 +14,7 @@ import dagster as dg
 import pydantic
 from pydantic import Field
 
+from comfy_pipeline.batch.outputs import SUBFOLDER
 from comfy_pipeline.defs.resources import QualityThresholds, gpu_pool
 from comfy_pipeline.defs.workflow_asset import WorkflowAsset, build_workflow_asset
 from comfy_pipeline.workflows.workflow import MAP_SUFFIX, WORKFLOW_KINDS, Workflow, WorkflowError, load_workflow
@@ -83,6 +84,9 @@ class ComfyWorkflowComponent(dg.Component, dg.Resolvable, dg.Model):
     retry: RetrySettings | None = Field(default=None, description="Retries after a transient server fault.")
     check_name: str | None = Field(default=None, description="The asset check's name. Default: image_quality or "
                                    "video_quality, after what the workflow makes.")
+    output_subfolder: str | None = Field(
+        default=None, description="Where in the run folder's images/ or videos/ the outputs go (one plain name). "
+        "Default: the asset key, so that two assets of a run never mix their files; \"\": straight into them.")
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         where = _relative(context.path / "defs.yaml", context.project_root)
@@ -109,8 +113,14 @@ class ComfyWorkflowComponent(dg.Component, dg.Resolvable, dg.Model):
             spec=self.asset, input=dg.AssetKey.from_user_string(self.input), workflow=workflow, workflow_ref=ref,
             fixed=self._fixed(workflow), quality=self._quality(), pool=self.pool or gpu_pool(),
             check_name=self.check_name or f"{workflow.makes}_quality", max_retries=retry.max_retries,
-            retry_delay=retry.delay, defined_in=where,
+            retry_delay=retry.delay, defined_in=where, output_subfolder=self._subfolder(),
         )
+
+    def _subfolder(self) -> str:
+        chosen = self.asset.key.to_python_identifier() if self.output_subfolder is None else self.output_subfolder
+        if chosen and not SUBFOLDER.fullmatch(chosen):
+            raise ComponentError(f"output_subfolder {chosen!r}: use one plain name (letters, digits, _ . -), or \"\"")
+        return chosen
 
     def _load_workflow(self, folder: Path) -> tuple[Workflow, str]:
         """The workflow, and what run config's `workflow` names it by: its name, or its file's absolute path."""

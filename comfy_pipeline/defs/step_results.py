@@ -53,6 +53,7 @@ class StepPlan:
     fixed: Mapping[str, Any] | None = None
     max_retries: int | None = None
     retry_delay: float | None = None
+    output_subfolder: str = ""  # "": straight into the run folder's images/ or videos/
 
 
 def run_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, quality: QualityThresholds, plan: StepPlan,
@@ -66,6 +67,7 @@ def run_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, quality:
     try:
         outcome = step.run_gpu_step(
             plan.kind, sources, workflow_name=plan.workflow, workflow_folder=plan.workflow_folder, fixed=plan.fixed,
+            output_subfolder=plan.output_subfolder,
             prompt_ids=prompt_ids, servers=comfy, thresholds=thresholds, run_id=context.run_id,
             run_folder=run_folder, log=context.log, run_ended=lambda run_id: run_has_ended(context.instance, run_id),
             on_server=lambda server: _announce(context, server),
@@ -79,7 +81,7 @@ def run_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, quality:
              transient=is_transient(exc), plan=plan)
     if not outcome.items:
         fail(context, outcome.summary(), failure_metadata(outcome.errors[0]), transient=outcome.transient, plan=plan)
-    listing = outcome.write_listing(run_folder, context.asset_key.to_user_string())
+    listing = outcome.write_listing(run_folder, context.asset_key.to_python_identifier())
     yield _materialize(context, plan.check, outcome, listing, lineage, carried)
     lost = bool(outcome.failed or outcome.broken or carried)
     if lost and not _downstream_in_run(context):

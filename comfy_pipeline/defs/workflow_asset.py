@@ -59,6 +59,7 @@ class WorkflowAsset:
     max_retries: int | None = None
     retry_delay: float | None = None
     defined_in: str = ""  # the defs.yaml, for messages
+    output_subfolder: str = ""  # under the run folder's images/ or videos/; "": straight in them
 
 
 def build_workflow_asset(asset: WorkflowAsset) -> dg.AssetsDefinition:
@@ -69,7 +70,7 @@ def build_workflow_asset(asset: WorkflowAsset) -> dg.AssetsDefinition:
     by_path = Path(asset.workflow_ref).is_absolute()
     plan = StepPlan(step.IMAGES if workflow.makes == "image" else step.VIDEOS, asset.check_name,
                     workflow.path.name if by_path else asset.workflow_ref, workflow.path.parent if by_path else None,
-                    asset.fixed, asset.max_retries, asset.retry_delay)
+                    asset.fixed, asset.max_retries, asset.retry_delay, asset.output_subfolder)
     extra_deps = [dep for dep in spec.deps if dep.asset_key != asset.input]
 
     @dg.asset(
