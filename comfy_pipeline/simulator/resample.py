@@ -70,6 +70,8 @@ def common_upscale(picture: Image.Image, size: tuple[int, int], method: str = "l
         return picture.resize(size, Image.Resampling.LANCZOS)
     pixels = np.asarray(picture.convert("RGB"), dtype=np.float64) / 255.0
     rows, cols = _weights(height, pixels.shape[0], method), _weights(width, pixels.shape[1], method)
-    out = np.einsum("yh,hwc,xw->yxc", rows, pixels, cols)
+    height_in, width_in, channels = pixels.shape
+    tall = (rows @ pixels.reshape(height_in, width_in * channels)).reshape(height, width_in, channels)
+    out = cols @ tall  # (X, W) @ (Y, W, C) per row: one axis at a time, as matrix products
     # SaveImage's conversion: clip, then truncate to uint8.
     return Image.fromarray(np.clip(out * 255.0, 0, 255).astype(np.uint8))
