@@ -108,8 +108,10 @@ def remove_stale_parts(output_dir: str | Path, run_ended: Callable[[str], bool])
     those of runs that Dagster says ended, and any untouched for STALE_PART_S. A live run's are never touched."""
     removed = []
     now = time.time()
-    for part in Path(output_dir).glob("runs/*/*/.*.part"):
-        run_id = part.parent.parent.name.split("_", 1)[-1]
+    runs = Path(output_dir) / "runs"
+    # runs/<run>/images/ and, for a component asset's own folder, runs/<run>/images/<key>/
+    for part in [*runs.glob("*/*/.*.part"), *runs.glob("*/*/*/.*.part")]:
+        run_id = part.relative_to(runs).parts[0].split("_", 1)[-1]
         try:
             stale = now - part.stat().st_mtime > STALE_PART_S or run_ended(run_id)
             if stale:

@@ -96,9 +96,16 @@ def test_the_next_run_removes_a_dead_runs_partial_download_and_nothing_else(tmp_
     live.write_bytes(b"being written")
     kept = images / "01_done.png"
     kept.write_bytes(b"a finished picture")
+    own_folder = images / "upscaled_image"  # a component asset's own folder in the run's images/
+    own_folder.mkdir()
+    dead_too = own_folder / ".00_fox.png.fed789.part"
+    dead_too.write_bytes(b"half a bigger picture")
+    live_too = live_run / "upscaled_image" / ".00_owl.png.aaa111.part"
+    live_too.parent.mkdir()
+    live_too.write_bytes(b"being written")
     removed = outputs.remove_stale_parts(tmp_path, run_ended=lambda run_id: run_id.endswith("0003"))
-    assert removed == [dead] and not dead.exists()
-    assert live.exists() and kept.exists()
+    assert sorted(removed) == sorted([dead, dead_too]) and not dead.exists() and not dead_too.exists()
+    assert live.exists() and kept.exists() and live_too.exists()
 
 
 def test_outputs_follow_the_umask(tmp_path):
