@@ -58,5 +58,6 @@ def _input_text(kind: str) -> str:
 
 
 def _allowed(spec) -> str:
-    return (spec.description or spec.type).split(". ")[0][:100]
+    first = (spec.description or spec.type).split(". ")[0]
+    return first if len(first) <= 100 else first[:100].rsplit(" ", 1)[0] + " ..."
 

@@ -183,6 +183,6 @@ def check_inputs(specs: Sequence[dg.AssetSpec]) -> None:
         elif upstream.tags.get(HOLDS_TAG) != needs:
             holds = upstream.tags.get(HOLDS_TAG)
             said = f"holds {holds}" if holds else f"does not say what it holds (tag {HOLDS_TAG})"
-            problems.append(f"{where} {said}, but a {kind} workflow takes {needs}: {fix}")
+            problems.append(f"{where} {said}, but {kind} workflows take {needs}: {fix}")
     if problems:
         raise InputError("\n".join(problems))

@@ -573,11 +573,11 @@ def _kind(raw: Any, params: dict, outputs: dict, where: str) -> str:
         raise WorkflowError(f"{where}: kind {raw!r} is not one of {known}")
     made = {out.kind for out in outputs.values()}
     if made != {WORKFLOW_KINDS[raw]}:
-        raise WorkflowError(f"{where}: a {raw} workflow makes {WORKFLOW_KINDS[raw]}s, but its outputs are "
+        raise WorkflowError(f"{where}: {raw} workflows make {WORKFLOW_KINDS[raw]}s, but its outputs are "
                             f"{', '.join(sorted(made))}; fix 'kind' or 'outputs'")
     images = [name for name, spec in params.items() if spec.type == "image"]
     if raw.startswith("image-to-") and len(images) != 1:
-        raise WorkflowError(f"{where}: a {raw} workflow needs exactly one parameter of type 'image' (the uploaded "
+        raise WorkflowError(f"{where}: {raw} workflows need exactly one parameter of type 'image' (the uploaded "
                             f"input picture, e.g. LoadImage's 'image' input); it has {len(images)}")
     return raw
 

@@ -119,8 +119,8 @@ def test_dg_checks_and_lists_the_definitions():
     found = json.loads(listed.stdout)
     groups = {a["asset_key"]: a["group_name"] for a in found["assets"]}
     # the pipeline, and the worked example of README "Add your own workflow" in a group of its own
-    assert groups == {"prompt": "comfy", "generated_image": "comfy", "ltx2_video": "comfy", "validation_report": "comfy",
-                      "upscaled_image": "examples"}
+    assert groups == {"prompt": "comfy", "generated_image": "comfy", "ltx2_video": "comfy",
+                      "validation_report": "comfy", "upscaled_image": "examples"}
     assert {"image_to_video_job", "image_generation_job", "video_generation_job"} <= {j["name"] for j in found["jobs"]}
 
 
