@@ -13,7 +13,7 @@ from PIL import Image
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.support.helpers import in_project, output_of, project_copy
 
-PROMPT = {"text": "a harbour at noon", "width": 256, "height": 192, "seed": 3}
+PROMPT = {"text": "a harbour at noon", "width": 320, "height": 256, "seed": 3}
 
 
 @pytest.fixture
@@ -75,8 +75,8 @@ def test_dg_launch_materializes_an_instance_alone_from_the_latest_images_with_li
     assert checks == {"image_quality": True}
     path = Path(upscaled["path"])
     assert path.is_file() and path.suffix == ".png" and path.is_relative_to(tmp_path / "out")
-    assert Image.open(image["path"]).size == (256, 192)
-    assert Image.open(path).size == (128, 96)  # scale_by 0.5 from the copy's defs.yaml
+    assert Image.open(image["path"]).size == (320, 256)
+    assert Image.open(path).size == (160, 128)  # scale_by 0.5 from the copy's defs.yaml
 
 
 USER_JOBS = '''
@@ -102,5 +102,5 @@ def test_an_instance_runs_in_a_job_the_user_defines_in_python(sim, tmp_path):
         meta, upscaled, checks = run_of(instance, run_id, "upscaled_image")
     assert image_checks == {"image_quality": True} and checks == {"image_quality": True}
     assert meta["input_generated_image_run"] == run_id  # this run's own images
-    assert [Image.open(item["path"]).size for item in upscaled] == [(512, 384), (512, 384)]  # the shipped 2x
+    assert [Image.open(item["path"]).size for item in upscaled] == [(640, 512), (640, 512)]  # the shipped 2x
     assert len(images) == 2
