@@ -19,9 +19,9 @@ import comfy_pipeline.defs
 from comfy_pipeline.defs.io_manager import ManifestIOManager
 from comfy_pipeline.defs.loggers import progress_logger
 from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds
+from comfy_pipeline.defs.workflow_asset import check_inputs
 
 CODE_LOCATION_NAME = "comfy_pipeline"
-
 
 
 def shared_definitions() -> dg.Definitions:
@@ -49,7 +49,15 @@ def defs_folder_definitions() -> dg.Definitions:
     with warnings.catch_warnings():
         # The loader calls its own preview-stage helpers; dg.load_from_defs_folder silences the same warnings.
         warnings.simplefilter("ignore", dg.PreviewWarning)
+        warnings.simplefilter("ignore", dg.BetaWarning)  # the code references it attaches to defs.yaml assets
         return tree.build_defs()
 
 
-defs = dg.Definitions.merge(defs_folder_definitions(), shared_definitions())
+def location_definitions() -> dg.Definitions:
+    found = dg.Definitions.merge(defs_folder_definitions(), shared_definitions())
+    # One instance cannot see the others: each ComfyUI asset's input is checked here, against them all.
+    check_inputs(found.resolve_all_asset_specs())
+    return found
+
+
+defs = location_definitions()

@@ -42,16 +42,38 @@ class Inspection:
     measures: dict[str, float | None] = field(default_factory=dict)  # the content measures (media.MEASURE_KEYS)
 
 
+@dataclass(frozen=True)
+class OutputShape:
+    """What the workflow was asked to make: the values of its parameters of these names. None where it has no such
+    parameter (an upscaler's output size follows its input): that is not checked."""
+
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    fps: int | None = None
+
+    @classmethod
+    def of(cls, workflow: Workflow, values: dict[str, Any]) -> "OutputShape":
+        given = {**workflow.defaults(), **values}
+
+        def asked(name: str) -> int | None:
+            value = given.get(name) if name in workflow.params else None
+            # 0 is ComfyUI's "follow the other side" (ImageScale): not a size to check
+            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+        return cls(asked("width"), asked("height"), asked("frames"), asked("fps"))
+
+
 def content_limits(content: ContentThresholds, workflow: Workflow) -> ContentThresholds:
     """The content limits for `workflow`'s outputs: its own skip_checks are left out too."""
     return dataclasses.replace(content, skip=content.skip | workflow.skip_checks)
 
 
-def inspect_image(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: ImageThresholds,
+def inspect_image(path: Path, shape: OutputShape, workflow: Workflow, thresholds: ImageThresholds,
                   content: ContentThresholds = ContentThresholds(), start_image: Path | None = None) -> Inspection:
     """The file and content checks of an image (`start_image` is for the video's signature; images have none)."""
     started = time.monotonic()
-    found = validate_image(path, width=spec.width, height=spec.height, thresholds=thresholds,
+    found = validate_image(path, width=shape.width, height=shape.height, thresholds=thresholds,
                            content=content_limits(content, workflow))
     facts: dict[str, Any] = {}
     with contextlib.suppress(MediaError):
@@ -62,17 +84,16 @@ def inspect_image(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: 
                       dict(found.measures))
 
 
-def inspect_video(path: Path, spec: PromptSpec, workflow: Workflow, thresholds: VideoThresholds,
+def inspect_video(path: Path, shape: OutputShape, workflow: Workflow, thresholds: VideoThresholds,
                   content: ContentThresholds = ContentThresholds(), start_image: Path | None = None) -> Inspection:
     """The file and content checks of a video: its first frame against `start_image` (the picture it was made
     from), its sound track when the workflow makes one or the file has one."""
     started = time.monotonic()
-    size = workflow.defaults()  # the LTX-2 output size is the workflow's, not the image's
     # The checks, the probe and the contact sheet each wait on ffmpeg: run them side by side.
     with ThreadPoolExecutor(max_workers=3) as pool:
         checks = pool.submit(
-            validate_video, path, width=size.get("width"), height=size.get("height"), frames=spec.frames,
-            fps=spec.fps, thresholds=thresholds, content=content_limits(content, workflow), start_image=start_image,
+            validate_video, path, width=shape.width, height=shape.height, frames=shape.frames,
+            fps=shape.fps, thresholds=thresholds, content=content_limits(content, workflow), start_image=start_image,
             expect_audio=workflow.makes_audio,
         )
         probe = pool.submit(probe_video, path)

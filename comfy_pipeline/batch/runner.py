@@ -54,7 +54,7 @@ class Job:
     filename_prefix: str  # server-side prefix, unique per run: never a cached or overwritten output
     dest_dir: Path
     dest_stem: str  # descriptive local file name without extension
-    upload: Path | None = None  # local image to upload; its server name goes to the `image` parameter
+    upload: Path | None = None  # local image to upload; its server name goes to the workflow's image parameter
     prompt_id: str | None = None  # chosen ahead (see queue_ahead): a prompt queued under it is adopted, not re-posted
 
 
@@ -89,7 +89,7 @@ def preflight_jobs(client: "ComfyUIClient", jobs: list[Job]) -> dict:
     for job in jobs:
         values = dict(job.values)
         if job.upload is not None:
-            values.setdefault("image", f"{job.upload.name}")
+            values.setdefault(job.workflow.image_input or "image", f"{job.upload.name}")
         graphs.append((job.workflow.name, job.workflow.inject(values, filename_prefix=job.filename_prefix)))
     checked = preflight_on_server(client, graphs)
     for position, report in checked.failing[:1]:  # the first refused job names the cause; nothing is submitted
@@ -403,7 +403,7 @@ def _submit(client: "ComfyUIClient", result: JobResult, object_info: dict, promp
         values = dict(job.values)
         if job.upload is not None:
             started = time.monotonic()
-            values["image"] = client.upload_image(job.upload)
+            values[job.workflow.image_input or "image"] = client.upload_image(job.upload)
             result.timings["upload"] = time.monotonic() - started
         graph, _ = adapt_to_server(job.workflow.inject(values, filename_prefix=job.filename_prefix), object_info)
         submitted_at = time.time()

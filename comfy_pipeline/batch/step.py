@@ -19,14 +19,14 @@ import importlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from comfy_pipeline.batch import ledger, outputs, plan
-from comfy_pipeline.batch.inspection import Inspection, describe, inspect_image, inspect_video
+from comfy_pipeline.batch.inspection import Inspection, OutputShape, describe, inspect_image, inspect_video
 from comfy_pipeline.batch.interrupts import interrupt_flag
 from comfy_pipeline.batch.progress import ProgressLogger
 from comfy_pipeline.batch.records import FailedPrompt, GenerationManifest, OutputItem, ServerInfo
@@ -63,8 +63,8 @@ class OutputKind:
     """What differs between the image and the video step; everything else is one code path."""
 
     folder: str  # "images", "videos": the run folder's subfolder, and plan.gpu_job's kind
-    # (output, spec, workflow, file thresholds, content thresholds, start image) -> Inspection
-    inspect: Callable[[Path, PromptSpec, Workflow, Any, ContentThresholds, Path | None], Inspection]
+    # (output, shape asked for, workflow, file thresholds, content thresholds, start image) -> Inspection
+    inspect: Callable[[Path, OutputShape, Workflow, Any, ContentThresholds, Path | None], Inspection]
 
 
 # Through the module's names, so that a test can watch the inspections.
@@ -219,21 +219,23 @@ def content_failure(item: OutputItem) -> bool:
             and all(c.name in CONTENT_CHECKS or c.name in SYMPTOMS for c in failed))
 
 
-def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: str, prompt_ids: Sequence[str],
+def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: str | Path, prompt_ids: Sequence[str],
                  servers: Servers, thresholds: Any, run_id: str, run_folder: Path,
                  run_ended: Callable[[str], bool], log: Any,
                  on_server: Callable[[ServerInfo], None] | None = None,
-                 content: ContentThresholds = ContentThresholds(), content_retries: int = 0) -> StepOutcome:
+                 content: ContentThresholds = ContentThresholds(), content_retries: int = 0,
+                 workflow_folder: Path | None = None, fixed: Mapping[str, Any] | None = None) -> StepOutcome:
     """Run every source through the kind's workflow on `servers`, check each output against `thresholds`
     (ImageThresholds or VideoThresholds) and `content` (the workflow's skip_checks left out) and describe them
     all, the failed prompts included. A prompt whose output failed a content check is queued again with the next
     seed, up to `content_retries` times. `run_ended` says whether another run has ended (its prompts left on a
     server are then cancelled); `log` is a logger (Dagster's context.log); `on_server` hears who the servers are
-    before any prompt is queued."""
+    before any prompt is queued. The workflow is looked up in the workflows folders, or in `workflow_folder` (a
+    component's own); `fixed` are parameter values for every prompt, over the prompts' own."""
     if content_retries < 0:
         raise StepInputError(f"content_retries must be 0 or more, got {content_retries}")
     loading_started = time.monotonic()
-    workflow = load_workflow(workflow_name)
+    workflow = load_workflow(workflow_name, directory=workflow_folder)
     workflow_load_s = round(time.monotonic() - loading_started, 4)
     server = servers.server_info()
     for problem in server.unreachable:
@@ -252,7 +254,7 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
     with ThreadPoolExecutor(max_workers=2) as pool:
         while round_sources:
             made = _run_round(kind, round_sources, round_ids, workflow, servers, server, run_id, folder, pool,
-                              thresholds, content, log)
+                              thresholds, content, log, fixed or {})
             again = []
             for source, found in made:
                 if isinstance(found, OutputItem) and content_failure(found) and source.attempt <= content_retries:
@@ -276,17 +278,19 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
 
 def _run_round(kind: OutputKind, sources: Sequence[Source], ids: Sequence[str | None], workflow: Workflow,
                servers: Servers, server: ServerInfo, run_id: str, folder: Path, pool: ThreadPoolExecutor,
-               thresholds: Any, content: ContentThresholds, log: Any) -> list[tuple[Source, Any]]:
+               thresholds: Any, content: ContentThresholds, log: Any, fixed: Mapping[str, Any]
+               ) -> list[tuple[Source, Any]]:
     """One batch of the step: each source with its described output, or (its FailedPrompt, the error)."""
-    jobs = [plan.gpu_job(kind.folder, s.index, s.spec, s.image, workflow, run_id, folder, ids[n], attempt=s.attempt)
-            for n, s in enumerate(sources)]
+    jobs = [plan.gpu_job(kind.folder, s.index, s.spec, s.image, workflow, run_id, folder, ids[n], attempt=s.attempt,
+                         fixed=fixed) for n, s in enumerate(sources)]
     source_of = {job.key: source for job, source in zip(jobs, sources)}
     checking = {}
 
     def check_when_home(result: JobResult) -> None:  # while the GPU works on the next prompts
         source = source_of[result.job.key]
-        checking[result.job.key] = pool.submit(kind.inspect, result.files[0], source.spec, workflow, thresholds,
-                                               content, source.image)
+        shape = OutputShape.of(workflow, result.job.values)
+        checking[result.job.key] = pool.submit(kind.inspect, result.files[0], shape, workflow, thresholds, content,
+                                               source.image)
 
     results = _run(servers, server, jobs, run_id, check_when_home, log)
     made: list[tuple[Source, Any]] = []
@@ -301,14 +305,15 @@ def _run_round(kind: OutputKind, sources: Sequence[Source], ids: Sequence[str | 
     return made
 
 
-def sources_from_images(images: GenerationManifest) -> list[Source]:
-    """The video step's sources: each image of `images` that passed its checks, under its prompt's index."""
+def sources_from_images(images: GenerationManifest, asset: str = "generated_image") -> list[Source]:
+    """The sources of a step that works on images: each image of `images` (the value of `asset`) that passed its
+    checks, under its prompt's index."""
     usable = [item for item in images.items if item.passed]
     if not usable:
         run = images.source.run_id if images.source else "?"
         broken = [broken_line(item) for item in images.items]
         why = ":\n" + "\n".join(broken[:MAX_LINES]) if broken else "."
-        raise StepInputError(f"No usable input image: every image of generated_image (run {run}) failed its "
+        raise StepInputError(f"No usable input image: every image of {asset} (run {run}) failed its "
                              f"checks{why}")
     return [Source(int(item.job.rsplit(" ", 1)[-1]), item.spec, Path(item.path)) for item in usable]
 

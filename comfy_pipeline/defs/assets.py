@@ -1,4 +1,6 @@
-"""The four software-defined assets: prompt -> generated_image -> ltx2_video -> validation_report.
+"""The Python assets of the pipeline prompt -> generated_image -> ltx2_video -> validation_report: the prompt
+specs and the report. The two GPU assets between them are ComfyWorkflowComponent instances
+(defs/generated_image/defs.yaml, defs/ltx2_video/defs.yaml), built by defs/workflow_asset.py.
 
 Data travels with the asset graph: each asset's value is a small manifest (batch.records: the prompt specs; for
 images and videos the files, hashes, specs and prompt ids) stored per materialization by the ManifestIOManager,
@@ -6,63 +8,34 @@ and each downstream asset takes it as an input. So a run reads its own prompts e
 re-execution reads its parent run's, and an asset materialized on its own reads the latest one. The images and
 videos themselves are files in the output folder.
 
-The GPU work is plain code (batch.step.run_gpu_step); the assets translate its outcome into Dagster: metadata,
-check results, a retry for a transient server fault, a Failure naming what went wrong. One bad prompt costs only
-itself: every good image goes on to its video and into the report, and the run fails at its last step, naming
-each failed prompt and its ComfyUI node.
+One bad prompt costs only itself: every good image goes on to its video and into the report, and the run fails
+at its last step, naming each failed prompt and its ComfyUI node.
 """
 
-import contextlib
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NoReturn
 
 import dagster as dg
 
-from comfy_pipeline import settings
 from comfy_pipeline.batch import outputs, step
-from comfy_pipeline.batch.records import (
-    GenerationManifest,
-    Lineage,
-    PromptManifest,
-    ReportManifest,
-    ServerInfo,
-    error_facts,
-)
-from comfy_pipeline.batch.report import FAILED, MEASURES, REGENERATED, batch_figures, verdict, write_report
-from comfy_pipeline.batch.runner import BatchInterrupted
-from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
-from comfy_pipeline.defs.config import ImageConfig, PromptConfig, VideoConfig
+from comfy_pipeline.batch.records import GenerationManifest, PromptManifest, ReportManifest
+from comfy_pipeline.batch.report import batch_figures, verdict, write_report
+from comfy_pipeline.defs.config import PromptConfig
 from comfy_pipeline.defs.io_manager import LATEST
-from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds, gpu_pool
-from comfy_pipeline.workflows.prompts import PromptError, PromptSpec, check_specs, library_specs
-from comfy_pipeline.workflows.workflow import WorkflowError
+from comfy_pipeline.defs.metadata import MAX_TABLE_ROWS, lineage_metadata, numbers, rows_table
+from comfy_pipeline.defs.resources import ComfyUIResource
+from comfy_pipeline.defs.step_results import permanent_failure, run_folder_of
+from comfy_pipeline.defs.workflow_asset import HOLDS_TAG
+from comfy_pipeline.workflows.prompts import check_specs, library_specs
 
 GROUP = "comfy"
-MAX_PREVIEWS = 6
-MAX_TABLE_ROWS = 200  # the report's table in the UI; the full report is the JSON/CSV file it points to
-# Markdown metadata this long opens from the UI's "Show Markdown" button: the label says so.
-PREVIEWS_LABEL = "previews (open with Show Markdown)"
-BACKEND_TAG = "comfy_pipeline/backend"
-
-# Transient server faults (errors.is_transient: unreachable, restarted, 5xx) are retried with this policy's
-# backoff; bad input never is. It is applied by the assets themselves (dg.RetryRequested), not as the assets'
-# retry_policy: Dagster would apply that one to a terminated run too and start the step again. The environment
-# tunes it for a deployment, read when a step fails (settings.gpu_retry_settings), not at import.
-def gpu_retry_policy() -> dg.RetryPolicy:
-    chosen = settings.gpu_retry_settings()
-    return dg.RetryPolicy(max_retries=chosen.max_retries, delay=chosen.delay_s, backoff=dg.Backoff.EXPONENTIAL,
-                          jitter=dg.Jitter.PLUS_MINUS)
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"python"},
+    group_name=GROUP, kinds={"python"}, tags={HOLDS_TAG: "prompts"},
     description="The prompt specs of this run (run config, else the prompt library).",
 )
 def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output[dict]:
-    with _permanent_failure("Bad prompt in run config: "):
+    with permanent_failure("Bad prompt in run config: "):
         if config.prompts:
             specs = check_specs([p.to_spec() for p in config.prompts])
         else:
@@ -76,62 +49,6 @@ def prompt(context: dg.AssetExecutionContext, config: PromptConfig) -> dg.Output
         PromptManifest(tuple(specs)).to_json(),
         metadata={"count": len(specs), "prompts": dg.MetadataValue.md(table), "first_prompt": specs[0].text},
     )
-
-
-@dg.asset(
-    group_name=GROUP,
-    kinds={"comfyui", "image"},
-    pool=gpu_pool(),
-    description="One Z-Image-Turbo image per prompt, all queued on the ComfyUI server together.",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "image_quality", asset="generated_image",
-            description="Every prompt produced an image, and every image is PNG or JPEG, within the size limits, "
-            "decodes, has the requested dimensions, and is neither black nor flat (the content checks the "
-            "workflow does not skip). Failed prompts and broken images are named here and are not animated; the "
-            "good images go on.",
-        )
-    ],
-)
-def generated_image(
-    context: dg.AssetExecutionContext, config: ImageConfig, prompt: dict | None, comfy: ComfyUIResource,
-    quality: QualityThresholds,
-) -> Iterator[dg.MaterializeResult]:
-    if prompt is None:
-        raise dg.Failure(
-            description="No prompt to render: `prompt` was never materialized. Materialize prompt first, or run "
-            "image_to_video_job.", allow_retries=False,
-        )
-    prompts = PromptManifest.from_json(prompt)
-    sources = [step.Source(i, spec) for i, spec in enumerate(prompts.prompts)]
-    yield from _gpu_step(context, comfy, IMAGES, quality.image(), config.workflow, sources,
-                         {"prompt": prompts.source}, config.prompt_ids, quality)
-
-
-@dg.asset(
-    group_name=GROUP,
-    kinds={"comfyui", "video"},
-    pool=gpu_pool(),
-    description="An LTX-2 video from each good image (this run's, else the latest generated_image, or "
-    "input_images): uploaded to ComfyUI, animated, downloaded as MP4.",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "video_quality", asset="ltx2_video",
-            description="Every image produced a video, and every video is MP4 or WebM, within the size limits, "
-            "decodes, lasts more than 0 s, has the requested frame count, fps and dimensions, moves, is not "
-            "blank, starts from its image and, when it has or should have sound, is not silent (the content "
-            "checks the workflow does not skip).",
-        )
-    ],
-)
-def ltx2_video(
-    context: dg.AssetExecutionContext, config: VideoConfig, generated_image: dict | None, comfy: ComfyUIResource,
-    quality: QualityThresholds,
-) -> Iterator[dg.MaterializeResult]:
-    images = None if generated_image is None else GenerationManifest.from_json(generated_image)
-    sources, lineage = _video_sources(config, images)
-    yield from _gpu_step(context, comfy, VIDEOS, quality.video(), config.workflow, sources, lineage,
-                         config.prompt_ids, quality)
 
 
 @dg.asset(
@@ -154,10 +71,10 @@ def validation_report(
     if not produced:
         raise dg.Failure(description="Nothing to report: neither generated_image nor ltx2_video has been "
                          "materialized. Run image_to_video_job first.", allow_retries=False)
-    report = write_report(outputs.kind_dir(_run_folder(context, comfy), "reports"), context.run_id, produced)
+    report = write_report(outputs.kind_dir(run_folder_of(context, comfy), "reports"), context.run_id, produced)
     said = verdict(report.rows)
     context.log.info(f"validation report: {said[:500]} -> {report.json_path}")
-    counts = _numbers({
+    counts = numbers({
         "outputs": report.outputs, "passed_outputs": report.passed, "failed_outputs": report.failed_outputs,
         "failed_prompts": report.failed_prompts, "regenerated": report.regenerated,
         "validation_s": round(sum(batch_figures(m)["validation_s"] for m in produced.values()), 4),
@@ -170,14 +87,14 @@ def validation_report(
             "report_json": dg.MetadataValue.path(str(report.json_path)),
             "report_csv": dg.MetadataValue.path(str(report.csv_path)),
             "timings_s": dg.MetadataValue.json(report.timings),
-            **_rows_table("report", report.rows, with_asset=True),
+            **rows_table("report", report.rows, with_asset=True),
             "dagster/row_count": len(report.rows),
-            **_lineage_metadata({name: m.source for name, m in produced.items()}),
+            **lineage_metadata({name: m.source for name, m in produced.items()}),
         },
         check_results=[dg.AssetCheckResult(
             check_name="all_outputs_valid", passed=not report.failed,
             metadata={**counts, "report_json": dg.MetadataValue.path(str(report.json_path)),
-                      **(_rows_table("failed_rows", report.failed, with_asset=True) if report.failed else {})},
+                      **(rows_table("failed_rows", report.failed, with_asset=True) if report.failed else {})},
             description=said[:2000],
         )],
     )
@@ -186,207 +103,9 @@ def validation_report(
                          metadata={"failed_outputs": report.failed_outputs, "failed_prompts": report.failed_prompts})
 
 
-# --- from the step's outcome to Dagster ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """The image or the video step, with what Dagster adds: its check, and the assets that carry its failures on."""
-
-    step: step.OutputKind
-    check: str
-    downstream: tuple[str, ...]
-
-
-IMAGES = _Kind(step.IMAGES, "image_quality", ("ltx2_video", "validation_report"))
-VIDEOS = _Kind(step.VIDEOS, "video_quality", ("validation_report",))
-
-
-def _gpu_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, kind: _Kind, thresholds: Any,
-              workflow: str, sources: list[step.Source], lineage: dict[str, Lineage | None],
-              prompt_ids: list[str], quality: QualityThresholds) -> Iterator[dg.MaterializeResult]:
-    """Run the step and record every output and failed prompt in one materialization. The step fails only when
-    nothing was made, or when no later asset of this run will carry the failures on (then after recording)."""
-    run_folder = _run_folder(context, comfy)
-    try:
-        outcome = step.run_gpu_step(
-            kind.step, sources, workflow_name=workflow, prompt_ids=prompt_ids, servers=comfy, thresholds=thresholds,
-            run_id=context.run_id, run_folder=run_folder, log=context.log,
-            run_ended=lambda run_id: run_has_ended(context.instance, run_id),
-            on_server=lambda server: _announce(context, server),
-            content=quality.content(), content_retries=quality.content_retries,
-        )
-    except BatchInterrupted:
-        # The interrupt exception itself was lost (see comfy_pipeline.batch.interrupts); the prompts are cancelled.
-        raise dg.DagsterExecutionInterruptedError() from None
-    except (ComfyUIError, WorkflowError, step.StepInputError) as exc:
-        _fail(context, str(exc), {**_failure_metadata(exc), "comfyui_url": comfy.display_url},
-              transient=is_transient(exc))
-    if not outcome.items:
-        _fail(context, outcome.summary(), _failure_metadata(outcome.errors[0]), transient=outcome.transient)
-    listing = outcome.write_listing(run_folder, context.asset_key.to_user_string())
-    yield _materialize(context, kind, outcome, listing, lineage)
-    if (outcome.failed or outcome.broken) and not _downstream_in_run(context, kind):
-        raise dg.Failure(description=outcome.incomplete(), allow_retries=False,
-                         metadata=_failure_metadata(outcome.errors[0] if outcome.errors else None))
-    if outcome.failed or outcome.broken:
-        context.log.warning(f"{len(outcome.failed)} prompt(s) failed and {len(outcome.broken)} output(s) failed "
-                            "their checks; the good ones go on, and the run fails at its end naming them")
-
-
-def _materialize(context: dg.AssetExecutionContext, kind: _Kind, outcome: step.StepOutcome, listing: Path,
-                 lineage: dict[str, Lineage | None]) -> dg.MaterializeResult:
-    """The manifest (the asset's value) and the metadata the UI shows. The metadata stays the same size however
-    many prompts a run has: the batch's facts and figures (numbers the UI plots run after run), at most
-    MAX_PREVIEWS previews, and on the check at most MAX_TABLE_ROWS rows, failures first; the full list of
-    outputs is `listing`, which the metadata points to."""
-    manifest, rows = outcome.manifest(), outcome.rows(context.asset_key.to_user_string())
-    metadata = {
-        **_numbers(outcome.facts()), "output_folder": dg.MetadataValue.path(str(Path(outcome.items[0].path).parent)),
-        "timings_s": dg.MetadataValue.json(dict(manifest.timings_s)), "items_json": dg.MetadataValue.path(str(listing)),
-        "outputs_per_server": dg.MetadataValue.json(outcome.outputs_per_server()),
-        PREVIEWS_LABEL: dg.MetadataValue.md(outcome.previews(MAX_PREVIEWS)), **_lineage_metadata(lineage),
-    }
-    for item in outcome.broken:
-        names = [c.name for c in item.checks if not c.passed]
-        context.log.error(f"{item.path} failed check(s) {names}; the file is kept for inspection")
-    failing = bool(outcome.failed or outcome.broken)
-    check = dg.AssetCheckResult(
-        check_name=kind.check, passed=not failing,
-        metadata={**_numbers(outcome.check_counts()), **_rows_table("outputs", rows, with_asset=False),
-                  "items_json": dg.MetadataValue.path(str(listing))},
-        description=outcome.verdict()[:2000],
-    )
-    return dg.MaterializeResult(value=manifest.to_json(), metadata=metadata, check_results=[check])
-
-
-def _fail(context: dg.AssetExecutionContext, description: str, metadata: dict[str, Any], *,
-          transient: bool) -> NoReturn:
-    """Fail the step; for a transient server fault, first ask Dagster to run the step again after the retry
-    policy's backoff, as long as retries are left."""
-    failure = dg.Failure(description=description, metadata=metadata, allow_retries=False)
-    policy = gpu_retry_policy()
-    if transient and context.retry_number < policy.max_retries:
-        wait = policy.calculate_delay(context.retry_number + 1)
-        context.log.warning(f"{description} -- a transient server fault: trying the step again in "
-                            f"{wait:.1f} s (retry {context.retry_number + 1} of {policy.max_retries})")
-        raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from failure
-    raise failure from None
-
-
-def _failure_metadata(error: BaseException | None) -> dict[str, Any]:
-    error_type, node = error_facts(error)
-    return {"error_type": error_type, **({"comfyui_node": node} if node else {})}
-
-
-def _announce(context: dg.AssetExecutionContext, server: ServerInfo) -> None:
-    """Tag the run with its backend (the runs list can filter on it) and say once per run what it runs on."""
-    run = context.instance.get_run_by_id(context.run_id)
-    if run is not None and run.tags.get(BACKEND_TAG) == server.backend:
-        return
-    context.instance.add_run_tags(context.run_id, {BACKEND_TAG: server.backend})
-    (context.log.warning if server.simulated else context.log.info)(server.announcement())
-
-
-def run_has_ended(instance: dg.DagsterInstance, run_id: str) -> bool:
-    run = instance.get_run_by_id(run_id)
-    return run is None or run.is_finished
-
-
-def _run_folder(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> Path:
-    record = context.instance.get_run_record_by_id(context.run_id)
-    started = record.create_timestamp.timestamp() if record else time.time()
-    return outputs.run_dir(comfy.output_path, context.run_id, started)
-
-
-def _downstream_in_run(context: dg.AssetExecutionContext, kind: _Kind) -> bool:
-    steps = context.run.step_keys_to_execute
-    names = set(steps) if steps is not None else {
-        k.to_user_string() for k in context.job_def.asset_layer.executable_asset_keys
-    }
-    return bool(names & set(kind.downstream))
-
-
-@contextlib.contextmanager
-def _permanent_failure(prefix: str = "") -> Iterator[None]:
-    """Bad run config or step input: a Failure that says what is wrong, never retried."""
-    try:
-        yield
-    except PromptError as exc:
-        raise dg.Failure(description=f"{prefix}{exc}", allow_retries=False) from None
-    except (WorkflowError, step.StepInputError) as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
-
-
-def _video_sources(config: VideoConfig, images: GenerationManifest | None
-                   ) -> tuple[list[step.Source], dict[str, Lineage | None]]:
-    if config.input_images:
-        text = config.motion_prompt or "Slow camera push-in"
-        spec = PromptSpec(text=text, motion_prompt=text, negative_prompt=config.negative_prompt, seed=config.seed,
-                          frames=config.frames, fps=config.fps)
-        with _permanent_failure("Bad video config: "):
-            check_specs([spec])  # the values, then every image: all checked before the server sees any
-            return step.sources_from_files(spec, config.input_images), {}
-    if images is None:
-        raise dg.Failure(
-            description="No input image: generated_image has never been materialized. Run image_to_video_job, "
-            "or give ops.ltx2_video.config.input_images in the run config.", allow_retries=False,
-        )
-    with _permanent_failure():
-        return step.sources_from_images(images), {"generated_image": images.source}
-
-
 def _report_inputs(manifests: dict[str, dict | None]) -> dict[str, GenerationManifest]:
     """What the report covers: the inputs made in this run (or its parent run, when re-executed); when none were,
     as when the report is materialized on its own, the latest materialization of each."""
     present = {name: GenerationManifest.from_json(m) for name, m in manifests.items() if m is not None}
     this_run = {name: m for name, m in present.items() if m.source is None or m.source.how != LATEST}
     return this_run or present
-
-
-def _lineage_metadata(lineage: dict[str, Lineage | None]) -> dict[str, Any]:
-    """Which run's materialization each input came from: this run, the parent of a re-execution, or the latest."""
-    meta: dict[str, Any] = {}
-    for name, source in lineage.items():
-        if source is not None:
-            meta[f"input_{name}_run"] = dg.MetadataValue.dagster_run(source.run_id)
-            meta[f"input_{name}_from"] = source.how
-    return meta
-
-
-def _numbers(values: dict[str, Any]) -> dict[str, Any]:
-    """Numbers as typed metadata (the UI plots an asset's or a check's numeric metadata across runs); text and
-    other values as they are."""
-    def typed(value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return value
-        return dg.MetadataValue.int(value) if isinstance(value, int) else dg.MetadataValue.float(value)
-
-    return {key: typed(value) for key, value in values.items()}
-
-
-# Columns of the UI's tables after verdict and reason, and their types; measures nobody measured are left out.
-# The UI shows the output's file name (a full path would take the width the reason needs); the report files and
-# items_json give the full path.
-_TABLE_TAIL = {"attempt": "int", "seed": "int", "prompt": "string", "asset": "string", "file": "string",
-               "server": "string"}
-
-
-def _rows_table(name: str, rows: list[dict[str, Any]], *, with_asset: bool) -> dict[str, dg.MetadataValue]:
-    """A UI table of report rows (batch.report): one row per output, regenerated attempt or failed prompt, its
-    verdict and reason first, then its measures. At most MAX_TABLE_ROWS rows, the failed ones first; when rows
-    are left out an entry `<name>_shown` says how many and where the rest are."""
-    measures = [m for m in MEASURES if any(row[m] is not None for row in rows)]
-    tail = {k: v for k, v in _TABLE_TAIL.items() if with_asset or k != "asset"}
-    columns = {"verdict": "string", "reason": "string", **dict.fromkeys(measures, "float"), **tail}
-    order = {FAILED: 0, REGENERATED: 1}
-    shown = sorted(rows, key=lambda row: order.get(row["verdict"], 2))[:MAX_TABLE_ROWS]  # stable: prompt order
-    cells = [{**row, "file": Path(row["path"]).name if row["path"] else ""} for row in shown]
-    records = [dg.TableRecord({c: row[c] if t != "string" else "" if row[c] is None else str(row[c])
-                               for c, t in columns.items()}) for row in cells]
-    schema = dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns.items()])
-    table = {name: dg.MetadataValue.table(records=records, schema=schema)}
-    if len(shown) < len(rows):
-        table[f"{name}_shown"] = dg.MetadataValue.text(
-            f"the first {len(shown)} of {len(rows)} rows, failed ones first; every row is in the JSON report")
-    return table

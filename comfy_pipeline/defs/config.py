@@ -73,6 +73,23 @@ class ImageConfig(dg.Config):
     prompt_ids: list[str] = _prompt_ids_field("prompt")
 
 
+class EditConfig(dg.Config):
+    """An image-to-image workflow's run config (an upscaler, a restyle): the workflow's own values by default."""
+
+    workflow: str = Field(
+        description="The image-to-image workflow: its name in the workflows folder(s), or a path inside one. Default: "
+        f"the asset's own. {WORKFLOWS_FOLDERS}",
+    )
+    input_images: list[str] = Field(
+        default_factory=list,
+        description="Local images to work on. Empty: the good images of the asset's input (this run's, else its "
+        "latest materialization).",
+    )
+    prompt: str | None = Field(default=None, description="The prompt for input_images, when the workflow takes one.")
+    seed: int = Field(default=0, description="Seed for input_images (0 or more), when the workflow takes one.")
+    prompt_ids: list[str] = _prompt_ids_field("image")
+
+
 class VideoConfig(dg.Config):
     workflow: str = Field(
         default=VIDEO_WORKFLOW,

@@ -3,7 +3,6 @@
 import dagster as dg
 
 from comfy_pipeline.comfyui.errors import ComfyUIError
-from comfy_pipeline.defs.assets import generated_image, ltx2_video, prompt, validation_report
 from comfy_pipeline.defs.resources import SERVER_TAG, ComfyUIResource, gpu_pool
 
 # The run queue limits runs per server set (deploy/dagster.yaml, tag_concurrency_limits on SERVER_TAG).
@@ -12,19 +11,19 @@ SERVER_TAGS = {SERVER_TAG: gpu_pool()}
 image_to_video_job = dg.define_asset_job(
     "image_to_video_job",
     tags=SERVER_TAGS,
-    selection=dg.AssetSelection.assets(prompt, generated_image, ltx2_video, validation_report),
+    selection=dg.AssetSelection.assets("prompt", "generated_image", "ltx2_video", "validation_report"),
     description="Prompt -> Z-Image-Turbo image -> LTX-2 video -> validation report.",
 )
 image_generation_job = dg.define_asset_job(
     "image_generation_job",
     tags=SERVER_TAGS,
-    selection=dg.AssetSelection.assets(prompt, generated_image, validation_report),
+    selection=dg.AssetSelection.assets("prompt", "generated_image", "validation_report"),
     description="Prompt -> Z-Image-Turbo image -> validation report.",
 )
 video_generation_job = dg.define_asset_job(
     "video_generation_job",
     tags=SERVER_TAGS,
-    selection=dg.AssetSelection.assets(ltx2_video, validation_report),
+    selection=dg.AssetSelection.assets("ltx2_video", "validation_report"),
     description="LTX-2 video from the image(s) in ops.ltx2_video.config.input_images -> validation report.",
 )
 

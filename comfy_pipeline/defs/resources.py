@@ -6,13 +6,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 from comfy_pipeline import settings
 from comfy_pipeline.batch.records import COMFYUI, SIMULATOR, ServerInfo
 from comfy_pipeline.comfyui.errors import ComfyUIError, NoServerConfigured
 from comfy_pipeline.comfyui.redaction import redact_url
-from comfy_pipeline.media import ContentThresholds, ImageThresholds, VideoThresholds
+from comfy_pipeline.media import CONTENT_CHECKS, ContentThresholds, ImageThresholds, VideoThresholds
 
 
 class ComfyUIResource(dg.ConfigurableResource):
@@ -288,6 +288,19 @@ class QualityThresholds(dg.ConfigurableResource):
         default=0, ge=0,
         description="How many times a prompt whose output failed a content check is queued again, each time with "
                     "the next seed (on any server of the run). 0: never; the failed output is reported.")
+    skip_checks: list[str] = Field(
+        default_factory=list,
+        description="Content checks turned off (brightness, detail, motion, blank_frames, start_frame, audio), besides "
+                    "those a workflow's .params.json skips.")
+
+    @field_validator("skip_checks")
+    @classmethod
+    def _known_checks(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(CONTENT_CHECKS))
+        if unknown:
+            raise ValueError(f"unknown content check(s) {', '.join(unknown)}; the content checks are "
+                             f"{', '.join(CONTENT_CHECKS)}")
+        return names
 
     def image(self) -> ImageThresholds:
         return ImageThresholds(tuple(self.image_formats), self.image_min_bytes, self.image_max_bytes)
@@ -297,7 +310,8 @@ class QualityThresholds(dg.ConfigurableResource):
 
     def content(self) -> ContentThresholds:
         """The content checks' limits (a workflow's skip_checks are added by the step)."""
-        return ContentThresholds(**{name: getattr(self, name) for name in CONTENT_THRESHOLD_NAMES})
+        return ContentThresholds(**{name: getattr(self, name) for name in CONTENT_THRESHOLD_NAMES},
+                                 skip=frozenset(self.skip_checks))
 
 
 # Every limit of ContentThresholds is a field of QualityThresholds, by the same name.

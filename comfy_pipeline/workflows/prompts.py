@@ -68,6 +68,15 @@ def image_values(spec: PromptSpec) -> dict[str, Any]:
     return {"prompt": spec.text, "seed": spec.seed, "width": spec.width, "height": spec.height}
 
 
+def edit_values(spec: PromptSpec) -> dict[str, Any]:
+    """An image-to-image workflow's parameter values for the prompt its input image was made from (no size: the
+    workflow decides the output's, e.g. an upscaler)."""
+    values = {"prompt": spec.text, "seed": spec.seed}
+    if spec.negative_prompt:
+        values["negative_prompt"] = spec.negative_prompt
+    return values
+
+
 def video_values(spec: PromptSpec) -> dict[str, Any]:
     """The video workflow's parameter values for `spec` (without the uploaded image's name)."""
     values = {"prompt": spec.motion_prompt or spec.text, "seed": spec.seed, "frames": spec.frames, "fps": spec.fps}

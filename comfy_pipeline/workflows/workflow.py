@@ -36,6 +36,9 @@ MAX_FILE_BYTES = 5 * 1024 * 1024
 DEFAULT_MAX_STRING = 10_000
 PARAM_TYPES = ("int", "float", "string", "image")
 OUTPUT_KINDS = ("image", "video")
+# What a workflow is for (map key "kind") and what it makes. Image-to-* workflows take one parameter of type
+# "image": the uploaded input picture. A map without a kind loads (for the command line), but cannot be an asset.
+WORKFLOW_KINDS = {"text-to-image": "image", "image-to-image": "image", "image-to-video": "video"}
 PARAM_KEYS = {"type", "targets", "default", "minimum", "maximum", "multiple_of", "rule", "min_length",
               "max_length", "required", "description"}
 RULE = re.compile(r"(\d+)n\+(\d+)")  # "8n+1": value = 8*n + 1
@@ -182,6 +185,16 @@ class Workflow:
 
     def defaults(self) -> dict[str, Any]:
         return {name: spec.default for name, spec in self.params.items()}
+
+    @property
+    def makes(self) -> str:
+        """What the workflow's outputs are: "image" or "video"."""
+        return next(iter(self.outputs.values())).kind
+
+    @property
+    def image_input(self) -> str | None:
+        """The parameter that takes the uploaded input picture (type "image"), if the workflow has one."""
+        return next((name for name, spec in self.params.items() if spec.type == "image"), None)
 
     @functools.cached_property
     def makes_audio(self) -> bool:
@@ -514,7 +527,26 @@ def _parse_map(raw: Any, graph: dict, map_path: Path
         outputs[node_id] = OutputSpec(node_id, kind)
     prefix = _target(raw.get("filename_prefix"), graph, where, "filename_prefix")
     skip = _skip_checks(raw.get("skip_checks"), where)
-    return str(raw.get("kind", "")), str(raw.get("description", "")), params, outputs, prefix, skip
+    kind = _kind(raw.get("kind", ""), params, outputs, where)
+    return kind, str(raw.get("description", "")), params, outputs, prefix, skip
+
+
+def _kind(raw: Any, params: dict, outputs: dict, where: str) -> str:
+    """The map's "kind", checked against what the workflow makes and takes."""
+    if raw in ("", None):
+        return ""
+    known = ", ".join(WORKFLOW_KINDS)
+    if raw not in WORKFLOW_KINDS:
+        raise WorkflowError(f"{where}: kind {raw!r} is not one of {known}")
+    made = {out.kind for out in outputs.values()}
+    if made != {WORKFLOW_KINDS[raw]}:
+        raise WorkflowError(f"{where}: a {raw} workflow makes {WORKFLOW_KINDS[raw]}s, but its outputs are "
+                            f"{', '.join(sorted(made))}; fix 'kind' or 'outputs'")
+    images = [name for name, spec in params.items() if spec.type == "image"]
+    if raw.startswith("image-to-") and len(images) != 1:
+        raise WorkflowError(f"{where}: a {raw} workflow needs exactly one parameter of type 'image' (the uploaded "
+                            f"input picture, e.g. LoadImage's 'image' input); it has {len(images)}")
+    return raw
 
 
 def load_workflow(name_or_path: str | Path, *, directory: Path | None = None) -> Workflow:

@@ -14,7 +14,7 @@ from comfy_pipeline_tests.support.helpers import REPO
 PACKAGE = REPO / "comfy_pipeline"
 CORE = ("comfyui", "simulator", "media", "workflows", "batch", "data")
 CORE_TOP_LEVEL = ("settings.py",)  # core modules at the package's top
-DAGSTER_LAYER = ("defs", "definitions.py")
+DAGSTER_LAYER = ("defs", "components", "definitions.py")
 COMMAND_LINE = ("cli",)
 
 

@@ -13,8 +13,8 @@ from comfy_pipeline import settings
 from comfy_pipeline.comfyui import session as sessions
 from comfy_pipeline.comfyui.errors import AuthenticationError
 from comfy_pipeline.definitions import defs
-from comfy_pipeline.defs.assets import gpu_retry_policy
 from comfy_pipeline.defs.resources import ComfyUIResource
+from comfy_pipeline.defs.step_results import gpu_retry_policy
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.support.helpers import free_port
 
