@@ -3,11 +3,12 @@ runs them: a wrong input stops the code location loading with a message that say
 instance loads as written."""
 
 import json
+import shutil
 
 import pytest
 import yaml
 
-from comfy_pipeline_tests.support.helpers import in_project, output_of, project_copy
+from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS, in_project, output_of, project_copy
 
 COMPONENT = "comfy_pipeline.components.ComfyWorkflowComponent"
 
@@ -56,6 +57,13 @@ def test_a_scaffolded_instance_loads_as_written_and_is_listed_with_its_input_and
     # The parameters no upstream image feeds, at their defaults; the image itself is fed, so not fixed here.
     assert attributes["params"] == {"scale_by": 2.0, "upscale_method": "lanczos"}
 
+    # Beside it, a user's own workflow file kept next to its defs.yaml (a path relative to that folder).
+    add_instance(project, "flat_pictures", workflow="flat.json", asset={"key": "flat_pictures"}, input="prompt",
+                 params={"width": 256, "height": 256}, quality={"image_min_bytes": 100, "skip_checks": ["detail"]})
+    for suffix in (".json", ".params.json"):
+        shutil.copy(REPO_WORKFLOWS / f"smoke_image{suffix}", project / "comfy_pipeline" / "defs" / "flat_pictures"
+                    / f"flat{suffix}")
+
     checked = in_project(project, "dg", "check", "defs")
     assert checked.returncode == 0, output_of(checked)
 
@@ -66,6 +74,7 @@ def test_a_scaffolded_instance_loads_as_written_and_is_listed_with_its_input_and
     checks = {c["key"] for c in found["asset_checks"]}
     assert assets["thumb"]["dependency_keys"] == ["generated_image"]
     assert "thumb:image_quality" in checks
+    assert assets["flat_pictures"]["dependency_keys"] == ["prompt"] and "flat_pictures:image_quality" in checks
     # The shipped assets are listed as before, made by instances of the same component.
     assert assets["generated_image"]["dependency_keys"] == ["prompt"]
     assert assets["ltx2_video"]["dependency_keys"] == ["generated_image"]

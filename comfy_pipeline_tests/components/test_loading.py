@@ -120,3 +120,15 @@ def test_a_workflow_without_a_kind_cannot_be_an_asset(tmp_path):
     (tmp_path / "kindless.params.json").write_text(json.dumps(mapping))
     message = load_error(workflow=str(tmp_path / "kindless.json"), asset={"key": "kindless"}, input="prompt")
     assert "kind" in message and "text-to-image" in message  # says what is missing and what it may be
+
+
+def test_an_unknown_quality_setting_is_named_with_the_known_ones():
+    message = load_error(workflow="smoke_image", asset={"key": "flat_image"}, input="prompt",
+                         quality={"image_min_byte": 100})
+    assert "image_min_byte" in message and "image_min_bytes" in message.replace("image_min_byte ", "")
+
+
+def test_the_uploaded_image_cannot_be_fixed_in_params():
+    message = load_error(workflow="smoke_video", asset={"key": "flat_clip"}, input="generated_image",
+                         params={"image": "example.png"})
+    assert "'image'" in message and "generated_image" in message
