@@ -57,7 +57,17 @@ def test_a_scaffolded_instance_loads_as_written_and_is_listed_with_its_input_and
     # The parameters no upstream image feeds, at their defaults; the image itself is fed, so not fixed here.
     assert attributes["params"] == {"scale_by": 2.0, "upscale_method": "lanczos"}
 
-    # Beside it, a user's own workflow file kept next to its defs.yaml (a path relative to that folder).
+    # A text-to-image one reads prompts; what each prompt sets is left out of params, shown as comments.
+    scaffolded = in_project(project, "dg", "scaffold", "defs", COMPONENT, "pics", "--workflow",
+                            "z_image_turbo_generation")
+    assert scaffolded.returncode == 0, output_of(scaffolded)
+    text = (project / "comfy_pipeline" / "defs" / "pics" / "defs.yaml").read_text(encoding="utf-8")
+    attributes = yaml.safe_load(text)["attributes"]
+    assert attributes["input"] == "prompt" and attributes["asset"]["key"] == "pics"
+    assert attributes["params"] == {"steps": 8}
+    assert all(f"# {fed}:" in text for fed in ("prompt", "seed", "width", "height"))
+
+    # Beside them, a user's own workflow file kept next to its defs.yaml (a path relative to that folder).
     add_instance(project, "flat_pictures", workflow="flat.json", asset={"key": "flat_pictures"}, input="prompt",
                  params={"width": 256, "height": 256}, quality={"image_min_bytes": 100, "skip_checks": ["detail"]})
     for suffix in (".json", ".params.json"):
@@ -74,6 +84,7 @@ def test_a_scaffolded_instance_loads_as_written_and_is_listed_with_its_input_and
     checks = {c["key"] for c in found["asset_checks"]}
     assert assets["thumb"]["dependency_keys"] == ["generated_image"]
     assert "thumb:image_quality" in checks
+    assert assets["pics"]["dependency_keys"] == ["prompt"] and "pics:image_quality" in checks
     assert assets["flat_pictures"]["dependency_keys"] == ["prompt"] and "flat_pictures:image_quality" in checks
     # The shipped assets are listed as before, made by instances of the same component.
     assert assets["generated_image"]["dependency_keys"] == ["prompt"]
