@@ -1,11 +1,10 @@
 """The defs.yaml `dg scaffold defs ... --workflow WORKFLOW` writes: it loads as written."""
 
 import json
-from pathlib import Path
+import textwrap
 
 from comfy_pipeline.workflows.workflow import (
     WORKFLOW_KINDS,
-    Workflow,
     WorkflowError,
     load_user_workflow,
     workflows_dirs,
@@ -18,7 +17,8 @@ FED = {"text-to-image": {"prompt", "seed", "width", "height"},
 INPUTS = {"text-to-image": "prompt", "image-to-image": "generated_image", "image-to-video": "generated_image"}
 
 
-def defs_yaml(type_name: str, name: str, workflow_name: str, cwd: Path) -> str:
+def defs_yaml(type_name: str, name: str, workflow_name: str) -> str:
+    """The defs.yaml of instance `name` of `workflow_name` (a name in the workflows folders, or a file's path)."""
     workflow = load_user_workflow(workflow_name)
     if workflow.kind not in WORKFLOW_KINDS:
         raise WorkflowError(f"workflow {workflow.name!r} does not say what it does: add \"kind\": one of "
@@ -26,11 +26,12 @@ def defs_yaml(type_name: str, name: str, workflow_name: str, cwd: Path) -> str:
     in_folders = any(workflow.path.is_relative_to(folder.resolve()) for folder in workflows_dirs())
     reference = workflow.name if in_folders else str(workflow.path)
     fed = FED[workflow.kind] | {workflow.image_input}
+    about = textwrap.wrap(f"{workflow.name} ({workflow.kind}): {workflow.description}", 110)
     lines = [
-        f"# {workflow.name}: {workflow.description}".rstrip(": "),
+        *(f"# {line}" for line in about),
         f"type: {type_name}",
         "attributes:",
-        f"  workflow: {json.dumps(reference)}",
+        f"  workflow: {reference if reference.isidentifier() else json.dumps(reference)}",
         f"  input: {INPUTS[workflow.kind]}  # what feeds it: {_input_text(workflow.kind)}",
         "  asset:",
         f"    key: {name}",
@@ -42,8 +43,8 @@ def defs_yaml(type_name: str, name: str, workflow_name: str, cwd: Path) -> str:
     ]
     fixed = [f"    {p}: {json.dumps(spec.default)}  # {_allowed(spec)}" for p, spec in workflow.params.items()
              if p not in fed and spec.default is not None]
-    fed_lines = [f"    # {p}: {json.dumps(spec.default)}  (set by each prompt)" for p, spec in workflow.params.items()
-                 if p in fed and p != workflow.image_input]
+    given = [p for p in workflow.params if p in fed and p != workflow.image_input]
+    fed_lines = [f"    # set by each prompt: {', '.join(given)}"] if given else []
     lines += fixed + fed_lines
     if not fixed:
         lines[-1 - len(fed_lines)] = "  params: {}"
@@ -59,5 +60,3 @@ def _input_text(kind: str) -> str:
 def _allowed(spec) -> str:
     return (spec.description or spec.type).split(". ")[0][:100]
 
-
-__all__ = ["defs_yaml", "Workflow"]

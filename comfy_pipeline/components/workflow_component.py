@@ -5,6 +5,7 @@ each fixed parameter against the workflow's .params.json, the quality settings; 
 whole code location by definitions.py (workflow_asset.check_inputs), since one instance cannot see the others.
 """
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,9 +46,16 @@ class ComfyWorkflowScaffolder(dg.Scaffolder):
         return _scaffold_params()
 
     def scaffold(self, request: dg.ScaffoldRequest) -> None:
+        import click  # dg's command line: a ClickException is printed as one line, not a traceback
+
         from comfy_pipeline.components.scaffold import defs_yaml  # the text, in its own module
 
-        text = defs_yaml(request.type_name, request.target_path.name, request.params.workflow, Path.cwd())
+        try:
+            text = defs_yaml(request.type_name, request.target_path.name, request.params.workflow)
+        except WorkflowError as exc:
+            with contextlib.suppress(OSError):
+                request.target_path.rmdir()  # dg made it; leave nothing half-made behind
+            raise click.ClickException(str(exc)) from None
         (request.target_path / "defs.yaml").write_text(text, encoding="utf-8")
 
 
@@ -90,6 +98,9 @@ class ComfyWorkflowComponent(dg.Component, dg.Resolvable, dg.Model):
         if workflow.kind not in WORKFLOW_KINDS:
             raise ComponentError(f"workflow {workflow.name!r} does not say what it does: add \"kind\": one of "
                                  f"{', '.join(WORKFLOW_KINDS)} to {workflow.name}{MAP_SUFFIX}")
+        if self.asset.partitions_def is not None:
+            raise ComponentError("asset.partitions_def: partitioned ComfyUI assets are not supported (each "
+                                 "materialization is one batch of prompts); remove it")
         retry = self.retry or RetrySettings()
         if any(value is not None and value < 0 for value in (retry.max_retries, retry.delay)):
             raise ComponentError(f"retry: max_retries and delay must be 0 or more, got {retry.max_retries}, "
@@ -119,7 +130,10 @@ class ComfyWorkflowComponent(dg.Component, dg.Resolvable, dg.Model):
         if workflow.kind.startswith("image-to-") and workflow.image_input in self.params:
             raise ComponentError(f"params: {workflow.image_input!r} is the input picture, uploaded from `input` "
                                  f"({self.input}) for each prompt; remove it from params")
-        return {name: workflow.params[name].check(value, workflow.name) for name, value in self.params.items()}
+        try:
+            return {name: workflow.params[name].check(value, workflow.name) for name, value in self.params.items()}
+        except WorkflowError as exc:
+            raise ComponentError(f"params: {exc}") from None
 
     def _quality(self) -> dict[str, Any]:
         known = sorted(QualityThresholds.model_fields)

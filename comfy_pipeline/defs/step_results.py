@@ -114,13 +114,11 @@ def _materialize(context: dg.AssetExecutionContext, check: str, outcome: step.St
         skipped = {"skipped_inputs": dg.MetadataValue.int(len(carried)),
                    "skipped_inputs_why": dg.MetadataValue.md("\n".join(f"- {step.md_cell(line)}" for line in carried))}
     failing = bool(outcome.failed or outcome.broken)
-    said = outcome.verdict() + (f" ({len(carried)} input(s) the upstream lost in this run were skipped)"
-                                if carried else "")
     result = dg.AssetCheckResult(
         check_name=check, passed=not failing,
         metadata={**numbers(outcome.check_counts()), **rows_table("outputs", rows, with_asset=False),
                   "items_json": dg.MetadataValue.path(str(listing)), **skipped},
-        description=said[:2000],
+        description=outcome.verdict()[:2000],
     )
     return dg.MaterializeResult(value=manifest.to_json(), metadata={**metadata, **skipped}, check_results=[result])
 

@@ -10,6 +10,7 @@ input is refused when the definitions load (check_inputs).
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -63,8 +64,12 @@ class WorkflowAsset:
 def build_workflow_asset(asset: WorkflowAsset) -> dg.AssetsDefinition:
     spec, workflow = asset.spec, asset.workflow
     config_class = _config_class(asset)
+    # A workflow named by name is looked up again when the step runs (the workflows folders may change, e.g.
+    # $COMFY_PIPELINE_WORKFLOWS_DIR); one named by its path is read from there.
+    by_path = Path(asset.workflow_ref).is_absolute()
     plan = StepPlan(step.IMAGES if workflow.makes == "image" else step.VIDEOS, asset.check_name,
-                    workflow.path.name, workflow.path.parent, asset.fixed, asset.max_retries, asset.retry_delay)
+                    workflow.path.name if by_path else asset.workflow_ref, workflow.path.parent if by_path else None,
+                    asset.fixed, asset.max_retries, asset.retry_delay)
     extra_deps = [dep for dep in spec.deps if dep.asset_key != asset.input]
 
     @dg.asset(

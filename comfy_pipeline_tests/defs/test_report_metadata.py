@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from comfy_pipeline.batch.report import COLUMNS
-from comfy_pipeline.defs import assets
+from comfy_pipeline.defs import metadata as ui_metadata
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.support.helpers import execute, failure_text, run_config
 
@@ -47,7 +47,7 @@ def rows_of(table: dg.TableMetadataValue) -> list[dict]:
 
 
 def test_the_ui_shows_one_row_per_output_failures_first_and_plottable_batch_figures(sim, tmp_path, monkeypatch):
-    monkeypatch.setattr(assets, "MAX_TABLE_ROWS", 3)  # fewer rows than the run makes: the failures stay in view
+    monkeypatch.setattr(ui_metadata, "MAX_TABLE_ROWS", 3)  # fewer rows than the run makes: the failures stay in view
     # Prompt 0 meets a node error (no output); prompt 1's image comes back black; prompts 2 and 3 are good.
     sim.set_fault("execution-error", count=1)
     sim.set_fault("black-output", count=2)  # drawn by prompt 0 too, which fails before it makes any picture
