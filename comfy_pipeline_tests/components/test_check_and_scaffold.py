@@ -65,7 +65,8 @@ def test_a_scaffolded_instance_loads_as_written_and_is_listed_with_its_input_and
     attributes = yaml.safe_load(text)["attributes"]
     assert attributes["input"] == "prompt" and attributes["asset"]["key"] == "pics"
     assert attributes["params"] == {"steps": 8}
-    assert all(f"# {fed}:" in text for fed in ("prompt", "seed", "width", "height"))
+    (fed,) = [line for line in text.splitlines() if line.strip().startswith("#") and "set by each prompt" in line]
+    assert all(name in fed for name in ("prompt", "seed", "width", "height")), text
 
     # Beside them, a user's own workflow file kept next to its defs.yaml (a path relative to that folder).
     add_instance(project, "flat_pictures", workflow="flat.json", asset={"key": "flat_pictures"}, input="prompt",
