@@ -99,8 +99,11 @@ def test_an_eager_instance_asks_for_a_run_once_its_input_is_materialized(sim, tm
     follower = ComfyWorkflowComponent.from_attributes_dict(attributes={
         "workflow": "image_upscale", "input": "generated_image",
         "asset": {"key": "follower", "automation_condition": "{{ dg.AutomationCondition.eager() }}"}})
-    location = dg.Definitions.merge(defs, dg.component_defs(component=follower))
-    watched = dg.AssetSelection.assets("follower", "upscaled_image")
+    bystander = ComfyWorkflowComponent.from_attributes_dict(attributes={
+        "workflow": "image_upscale", "input": "generated_image", "asset": {"key": "bystander"}})
+    location = dg.Definitions.merge(defs, dg.component_defs(component=follower),
+                                    dg.component_defs(component=bystander))
+    watched = dg.AssetSelection.assets("follower", "bystander")
     with dg.instance_for_test() as instance:
         before = dg.evaluate_automation_conditions(defs=location, instance=instance, asset_selection=watched)
         assert before.total_requested == 0  # its input was never made
@@ -111,7 +114,7 @@ def test_an_eager_instance_asks_for_a_run_once_its_input_is_materialized(sim, tm
         after = dg.evaluate_automation_conditions(defs=location, instance=instance, asset_selection=watched,
                                                   cursor=before.cursor)
         assert after.get_num_requested(dg.AssetKey("follower")) == 1
-        assert after.get_num_requested(dg.AssetKey("upscaled_image")) == 0  # the shipped example is not eager
+        assert after.get_num_requested(dg.AssetKey("bystander")) == 0  # no automation_condition: left alone
         again = dg.evaluate_automation_conditions(defs=location, instance=instance, asset_selection=watched,
                                                   cursor=after.cursor)
         assert again.total_requested == 0  # once per new input, not on every tick
