@@ -10,6 +10,7 @@ import yaml
 from dagster._core.instance.ref import InstanceRef
 from PIL import Image
 
+from comfy_pipeline.defs.io_manager import LATEST, THIS_RUN
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.support.helpers import in_project, output_of, project_copy
 
@@ -72,6 +73,7 @@ def test_dg_launch_materializes_an_instance_alone_from_the_latest_images_with_li
         _, (image,), _ = run_of(instance, image_run, "generated_image")
         meta, (upscaled,), checks = run_of(instance, upscale_run, "upscaled_image")
     assert meta["input_generated_image_run"] == image_run  # lineage: which run's images it scaled
+    assert meta["input_generated_image_from"] == LATEST
     assert checks == {"image_quality": True}
     path = Path(upscaled["path"])
     assert path.is_file() and path.suffix == ".png" and path.is_relative_to(tmp_path / "out")
@@ -101,6 +103,6 @@ def test_an_instance_runs_in_a_job_the_user_defines_in_python(sim, tmp_path):
         _, images, image_checks = run_of(instance, run_id, "generated_image")
         meta, upscaled, checks = run_of(instance, run_id, "upscaled_image")
     assert image_checks == {"image_quality": True} and checks == {"image_quality": True}
-    assert meta["input_generated_image_run"] == run_id  # this run's own images
+    assert meta["input_generated_image_run"] == run_id and meta["input_generated_image_from"] == THIS_RUN
     assert [Image.open(item["path"]).size for item in upscaled] == [(640, 512), (640, 512)]  # the shipped 2x
     assert len(images) == 2
