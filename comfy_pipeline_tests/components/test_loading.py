@@ -132,3 +132,9 @@ def test_the_uploaded_image_cannot_be_fixed_in_params():
     message = load_error(workflow="smoke_video", asset={"key": "flat_clip"}, input="generated_image",
                          params={"image": "example.png"})
     assert "'image'" in message and "generated_image" in message
+
+
+def test_a_partitioned_instance_is_refused_rather_than_silently_unpartitioned():
+    message = load_error(workflow="smoke_image", input="prompt", asset={
+        "key": "daily_pictures", "partitions_def": {"type": "static", "partition_keys": ["a", "b"]}})
+    assert "partitions_def" in message and "not supported" in message
