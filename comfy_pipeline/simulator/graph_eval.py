@@ -192,7 +192,7 @@ async def vae_decode(ctx: NodeContext, inputs: dict) -> NodeResult:
     seed = latent.seed or 0
     if latent.frames > 1 or latent.image is not None:
         still = latent.image or Images(latent.width, latent.height, 1, ("generated", seed, latent.text))
-        fitted = Images(latent.width, latent.height, 1, ("resize", still, "center"))
+        fitted = Images(latent.width, latent.height, 1, ("resize", still, "center", "bilinear"))
         images = Images(latent.width, latent.height, latent.frames * latent.batch, ("motion", fitted, seed))
     else:
         images = Images(latent.width, latent.height, latent.batch, ("generated", seed, latent.text))
@@ -215,9 +215,9 @@ async def empty_image(ctx: NodeContext, inputs: dict) -> NodeResult:
     return NodeResult((Images(inputs["width"], inputs["height"], inputs["batch_size"], ("solid", inputs["color"])),))
 
 
-def _resized(images: Images, width: int, height: int, crop: str = "disabled") -> Images:
+def _resized(images: Images, width: int, height: int, crop: str = "disabled", method: str = "lanczos") -> Images:
     width, height = max(int(width), 1), max(int(height), 1)
-    return Images(width, height, images.count, ("resize", images, crop))
+    return Images(width, height, images.count, ("resize", images, crop, method))
 
 
 def _keep_aspect(images: Images, width: int, height: int) -> tuple[int, int]:
@@ -234,13 +234,14 @@ def _keep_aspect(images: Images, width: int, height: int) -> tuple[int, int]:
 async def image_scale(ctx: NodeContext, inputs: dict) -> NodeResult:
     images: Images = inputs["image"]
     width, height = _keep_aspect(images, inputs["width"], inputs["height"])
-    return NodeResult((_resized(images, width, height, inputs.get("crop", "disabled")),))
+    return NodeResult((_resized(images, width, height, inputs.get("crop", "disabled"), inputs["upscale_method"]),))
 
 
 async def image_scale_by(ctx: NodeContext, inputs: dict) -> NodeResult:
     images: Images = inputs["image"]
-    scale = float(inputs["scale_by"])
-    return NodeResult((_resized(images, round(images.width * scale), round(images.height * scale)),))
+    scale = float(inputs["scale_by"])  # each side round(side * scale_by), Python's rounding (half to even)
+    width, height = round(images.width * scale), round(images.height * scale)
+    return NodeResult((_resized(images, width, height, method=inputs["upscale_method"]),))
 
 
 async def resize_image_mask(ctx: NodeContext, inputs: dict) -> NodeResult:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from comfy_pipeline.media.binaries import ffmpeg_command
+from comfy_pipeline.simulator.resample import common_upscale
 from comfy_pipeline.simulator.values import Audio, Images
 
 LABEL = "ComfyUI simulator"
@@ -44,11 +45,8 @@ def _paint(images: Images, index: int) -> Image.Image:
     if kind == "file":
         return load_image_file(args[0])
     if kind == "resize":
-        inner, crop = args
-        painted = render_frame(inner, index)
-        if crop == "center":
-            return ImageOps.fit(painted, size, Image.Resampling.LANCZOS)
-        return painted.resize(size, Image.Resampling.LANCZOS)
+        inner, crop, method = args
+        return common_upscale(render_frame(inner, index), size, method, crop)
     if kind == "invert":
         return ImageOps.invert(render_frame(args[0], index))
     if kind == "blur":

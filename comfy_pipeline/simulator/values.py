@@ -10,7 +10,8 @@ from dataclasses import dataclass
 #   ("solid", rgb)                 EmptyImage
 #   ("generated", seed, text)      a decoded text-to-image latent: seeded pattern + label
 #   ("file", path, sha256)         LoadImage
-#   ("resize", inner, crop)        any resize node: paint `inner`, then fit to this size (crop "center"/"disabled")
+#   ("resize", inner, crop, method) any resize node: paint `inner`, then resize it to this size as ComfyUI's
+#                                  common_upscale does (crop "center"/"disabled", upscale_method: resample.py)
 #   ("invert", inner) / ("blur", inner, radius)
 #   ("repeat", inner)              RepeatImageBatch: frame i is inner frame i % inner.count
 #   ("motion", inner, seed)        a decoded video latent: frame 0 is inner frame 0, then a slow push-in and drift

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from comfy_pipeline.comfyui.schema import load_bundled_object_info
+from comfy_pipeline.comfyui.schema import MODEL_INPUTS, load_bundled_object_info
 from comfy_pipeline.media.content import CONTENT_CHECKS
 
 ENV_DIR = "COMFY_PIPELINE_WORKFLOWS_DIR"
@@ -79,9 +79,13 @@ class ParamSpec:
     max_length: int | None = None
     required: bool = False
     description: str = ""
+    # A string parameter that fills a combo input (a fixed list of options in the node's schema): those options.
+    choices: tuple[str, ...] | None = None
 
     def allowed(self) -> str:
         """What values are allowed, in words."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(repr, self.choices))
         if self.type in ("string", "image"):
             low = self.min_length or 0
             what = "a file name in the server's input folder" if self.type == "image" else "text"
@@ -151,6 +155,8 @@ class ParamSpec:
             raise self._fail(workflow, value, f"is shorter than {self.min_length} characters")
         if self.max_length is not None and len(value) > self.max_length:
             raise self._fail(workflow, value, f"is {len(value)} characters long", "Shorten it.")
+        if self.choices is not None and value not in self.choices:
+            raise self._fail(workflow, value, "is not one of the node's options")
         if self.type == "image":
             parts = value.replace("\\", "/").split("/")
             if value.startswith(("/", "\\")) or ".." in parts or "" in parts:
@@ -383,7 +389,34 @@ def _input_spec(object_info: dict, node: dict, input_name: str) -> list | None:
     return spec
 
 
-SCHEMA_TYPES = {"int": ("INT", "FLOAT"), "float": ("FLOAT",), "string": ("STRING",)}
+SCHEMA_TYPES = {"int": ("INT", "FLOAT"), "float": ("FLOAT",), "string": ("STRING", "COMBO")}
+
+
+def _combo_options(schema: list) -> list | None:
+    """The options of a combo input's schema (legacy `[[...], {...}]` or V3 `["COMBO", {"options": [...]}]`)."""
+    if isinstance(schema[0], list):
+        return schema[0]
+    if schema[0] == "COMBO" and len(schema) > 1 and isinstance(schema[1], dict):
+        return schema[1].get("options")
+    return None
+
+
+def _schema_choices(spec: ParamSpec, graph: dict, object_info: dict) -> tuple[str, ...] | None:
+    """For a string parameter: the options every combo input it fills accepts, else None (free text). Model file
+    combos are left out: which files there are depends on the server, which pre-flight asks."""
+    if spec.type != "string":
+        return None
+    choices = None
+    for node_id, input_name in spec.targets:
+        class_type = graph[node_id]["class_type"]
+        schema = _input_spec(object_info, graph[node_id], input_name)
+        if schema is None or (class_type, input_name) in MODEL_INPUTS:
+            continue
+        options = _combo_options(schema)
+        if options is not None:
+            kept = [str(option) for option in options]
+            choices = tuple(kept) if choices is None else tuple(c for c in choices if c in kept)
+    return choices
 
 
 def _schema_bounds(spec: ParamSpec, graph: dict, object_info: dict, where: str) -> tuple[Any, Any]:
@@ -464,7 +497,7 @@ def _param(name: str, raw: Any, graph: dict, object_info: dict, where: str) -> P
     low, high = _schema_bounds(spec, graph, object_info, where)
     if spec.type == "int":
         low, high = (None if low is None else math.ceil(low)), (None if high is None else math.floor(high))
-    spec = dataclasses.replace(spec, minimum=low, maximum=high)
+    spec = dataclasses.replace(spec, minimum=low, maximum=high, choices=_schema_choices(spec, graph, object_info))
     try:
         spec.check(spec.default)
     except WorkflowError as exc:

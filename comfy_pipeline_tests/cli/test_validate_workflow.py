@@ -28,8 +28,8 @@ def variant(folder: Path, name: str, change) -> None:
     shutil.copy(folder / f"{Z}.params.json", folder / f"{name}.params.json")
 
 
-def test_both_workflows_pass_offline():
-    for name in (Z, "ltx2_image_to_video"):
+def test_the_shipped_workflows_pass_offline():
+    for name in (Z, "ltx2_image_to_video", "image_upscale"):
         result = run_cli(name)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "OK, it would run" in result.stdout and "bundled schema" in result.stdout

@@ -11,7 +11,8 @@ from comfy_pipeline.workflows.workflow import WorkflowError, check_filename_pref
 
 Z = load_workflow("z_image_turbo_generation")
 LTX = load_workflow("ltx2_image_to_video")
-WORKFLOWS = {"z": Z, "ltx": LTX}
+UPSCALE = load_workflow("image_upscale")
+WORKFLOWS = {"z": Z, "ltx": LTX, "upscale": UPSCALE}
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -29,6 +30,10 @@ def valid_values(workflow):
     for name, spec in workflow.params.items():
         if spec.type == "int":
             fields[name] = allowed_ints(spec)
+        elif spec.type == "float":
+            fields[name] = st.floats(spec.minimum, spec.maximum, allow_nan=False)
+        elif spec.choices is not None:
+            fields[name] = st.sampled_from(spec.choices)
         elif spec.type == "image":
             fields[name] = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_ .-]{0,40}\.png", fullmatch=True)
         else:
@@ -88,7 +93,7 @@ def test_control_characters_are_rejected(ch, pos):
 
 @FAST
 @given(data=st.data())
-@pytest.mark.parametrize("key", sorted(WORKFLOWS))
+@pytest.mark.parametrize("key", ["ltx", "z"])  # the workflows with int parameters
 def test_out_of_range_or_off_grid_ints_are_rejected_with_the_parameter_named(key, data):
     workflow = WORKFLOWS[key]
     name = data.draw(st.sampled_from([n for n, s in workflow.params.items() if s.type == "int"]))
@@ -189,3 +194,26 @@ def test_bad_filename_prefixes(prefix):
 
 def test_line_breaks_and_tabs_are_allowed():
     assert Z.validate_values({"prompt": "line one\n\tline two"})["prompt"] == "line one\n\tline two"
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({}, "parameter 'image' is required"),
+        ({"image": "a.png", "scale_by": 4.5}, "above the maximum 4.0"),
+        ({"image": "a.png", "scale_by": 0.1}, "below the minimum 0.25"),
+        ({"image": "a.png", "scale_by": "2"}, "is not a number (str)"),
+        ({"image": "a.png", "upscale_method": "bislerp"}, "one of 'nearest-exact', 'bilinear', 'area', 'bicubic', "
+                                                          "'lanczos'"),
+    ],
+)
+def test_bad_values_for_the_upscaler(values, expected):
+    with pytest.raises(WorkflowError, match="image_upscale") as info:
+        UPSCALE.inject(values, filename_prefix="p")
+    assert expected in str(info.value)
+
+
+def test_the_upscaler_takes_a_picked_method_and_any_scale_in_range():
+    graph = UPSCALE.inject({"image": "in.png", "scale_by": 1.5, "upscale_method": "area"}, filename_prefix="p")
+    assert graph["2"]["inputs"] == {"upscale_method": "area", "scale_by": 1.5, "image": ["1", 0]}
+    assert graph["1"]["inputs"]["image"] == "in.png"

@@ -10,6 +10,7 @@ import pytest
 from comfy_pipeline.workflows.workflow import (
     ENV_DIR,
     MAX_FILE_BYTES,
+    OutputSpec,
     WorkflowError,
     list_workflows,
     load_workflow,
@@ -48,6 +49,45 @@ def test_both_workflows_load_with_their_maps():
     assert len(z.sha256) == 64 and z.sha256 != ltx.sha256
 
 
+def test_the_model_free_upscaler_loads_with_its_map():
+    upscale = load_workflow("image_upscale")
+    assert upscale.kind == "image-to-image" and dict(upscale.outputs) == {"9": OutputSpec("9", "image")}
+    assert upscale.filename_prefix == ("9", "filename_prefix")
+    assert upscale.defaults() == {"image": "example.png", "scale_by": 2.0, "upscale_method": "lanczos"}
+    assert upscale.params["image"].type == "image" and upscale.params["image"].required
+    assert [s.type for s in upscale.params.values()].count("image") == 1  # image-to-image: one uploaded input
+    # A string filling a combo input takes the node's options (ImageScaleBy's upscale_method) and nothing else.
+    assert upscale.params["upscale_method"].choices == ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+    assert upscale.params["scale_by"].choices is None and upscale.params["image"].choices is None
+
+
+def test_a_string_parameter_on_a_combo_must_default_to_one_of_its_options(folder):
+    def bislerp(m):
+        m["parameters"]["upscale_method"]["default"] = "bislerp"
+    edit_map(folder, "image_upscale", bislerp)
+    graph = json.loads((folder / "image_upscale.json").read_text())
+    graph["2"]["inputs"]["upscale_method"] = "bislerp"
+    (folder / "image_upscale.json").write_text(json.dumps(graph))
+    message = load_error("image_upscale", folder)
+    assert "default of parameter 'upscale_method' is not allowed" in message and "'lanczos'" in message
+
+
+def test_a_free_text_string_has_no_choices_and_a_model_combo_is_left_to_preflight(folder):
+    def add(m):
+        m["parameters"]["unet"] = {"type": "string", "targets": [{"node": "57:28", "input": "unet_name"}],
+                                   "default": "z_image_turbo_bf16.safetensors"}
+        m["parameters"]["sampler"] = {"type": "string", "targets": [{"node": "57:3", "input": "sampler_name"}],
+                                      "default": "res_multistep"}
+    edit_map(folder, Z, add)
+    z = load_workflow(Z, directory=folder)
+    assert z.params["prompt"].choices is None
+    # Which model files a server has is its business (pre-flight asks it): the bundled list binds nothing.
+    assert z.validate_values({"unet": "my_own_finetune.safetensors"})["unet"] == "my_own_finetune.safetensors"
+    assert "euler" in z.params["sampler"].choices  # a fixed combo binds
+    with pytest.raises(WorkflowError, match="'sampler' = 'eulr' is not one of the node's options"):
+        z.validate_values({"sampler": "eulr"})
+
+
 def test_ranges_are_narrowed_by_the_node_schema(folder):
     # The map allows any seed up to 2**70; RandomNoise's schema stops at 2**64 - 1.
     edit_map(folder, LTX, lambda m: m["parameters"]["seed"].update(maximum=2**70))
@@ -63,7 +103,7 @@ def test_names_paths_and_the_env_variable(folder, monkeypatch):
     monkeypatch.setenv(ENV_DIR, str(folder))
     assert workflows_dir() == folder
     (folder / "extra.json").write_text((folder / f"{Z}.json").read_text())
-    assert list_workflows() == ["extra", LTX, "smoke_image", "smoke_video", Z]
+    assert list_workflows() == ["extra", "image_upscale", LTX, "smoke_image", "smoke_video", Z]
     assert load_workflow(LTX).path.parent == folder.resolve()
 
 

@@ -26,6 +26,7 @@ def test_the_shipped_workflows_skip_only_what_their_pictures_are_on_purpose():
     assert load_workflow("smoke_video").skip_checks == {"motion", "blank_frames"}  # one (flat) picture repeated
     assert load_workflow("z_image_turbo_generation").skip_checks == frozenset()
     assert load_workflow("ltx2_image_to_video").skip_checks == frozenset()
+    assert load_workflow("image_upscale").skip_checks == frozenset()  # it keeps its input's detail
 
 
 def test_a_workflow_makes_audio_when_its_create_video_takes_a_linked_audio_input():
