@@ -77,6 +77,7 @@ def test_dg_launch_materializes_an_instance_alone_from_the_latest_images_with_li
     assert checks == {"image_quality": True}
     path = Path(upscaled["path"])
     assert path.is_file() and path.suffix == ".png" and path.is_relative_to(tmp_path / "out")
+    assert upscaled["input_image"] == image["path"]
     assert Image.open(image["path"]).size == (320, 256)
     assert Image.open(path).size == (160, 128)  # scale_by 0.5 from the copy's defs.yaml
 
@@ -105,4 +106,4 @@ def test_an_instance_runs_in_a_job_the_user_defines_in_python(sim, tmp_path):
     assert image_checks == {"image_quality": True} and checks == {"image_quality": True}
     assert meta["input_generated_image_run"] == run_id and meta["input_generated_image_from"] == THIS_RUN
     assert [Image.open(item["path"]).size for item in upscaled] == [(640, 512), (640, 512)]  # the shipped 2x
-    assert len(images) == 2
+    assert [item["input_image"] for item in upscaled] == [item["path"] for item in images]
