@@ -56,8 +56,20 @@ def defs_folder_definitions() -> dg.Definitions:
 def location_definitions() -> dg.Definitions:
     found = dg.Definitions.merge(defs_folder_definitions(), shared_definitions())
     # One instance cannot see the others: each ComfyUI asset's input is checked here, against them all.
-    check_inputs(found.resolve_all_asset_specs())
+    check_inputs(declared_specs(found))
     return found
+
+
+def declared_specs(definitions: dg.Definitions) -> list[dg.AssetSpec]:
+    """The specs of every asset, read without resolving the asset graph: resolving fails first on an input that
+    no asset makes, with Dagster's message that names neither the instance nor the fix."""
+    specs: list[dg.AssetSpec] = []
+    for item in definitions.assets or []:
+        if isinstance(item, dg.AssetsDefinition):
+            specs.extend(item.specs)
+        elif isinstance(item, dg.AssetSpec):
+            specs.append(item)
+    return specs
 
 
 defs = location_definitions()

@@ -17,7 +17,7 @@ import comfy_pipeline.defs
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-ASSETS = {"prompt", "generated_image", "ltx2_video", "validation_report"}
+ASSETS = {"prompt", "generated_image", "ltx2_video", "validation_report", "upscaled_image"}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -90,6 +90,8 @@ def test_the_code_location_is_the_defs_folder_plus_the_shared_resources():
 def test_the_package_alone_loads_as_an_installed_wheel_would(tmp_path):
     # A wheel puts the package in site-packages with no pyproject.toml above it (dg.load_from_defs_folder needs one).
     shutil.copytree(REPO / "comfy_pipeline", tmp_path / "comfy_pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    # ... and the workflows inside it, where pyproject's force-include puts them: the instances load them.
+    shutil.copytree(REPO / "workflows", tmp_path / "comfy_pipeline" / "_bundled_workflows")
     assert not any((folder / "pyproject.toml").exists() for folder in [tmp_path, *tmp_path.parents])
     loaded = run(
         sys.executable, "-c",

@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,6 +82,45 @@ def check(tmp_path: Path, *args: str, timeout: float = 240, **env: str) -> subpr
          "--output-dir", str(tmp_path / "out"), *args],
         cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True, timeout=timeout,
     )
+
+
+# -- a throw-away copy of the project -------------------------------------------------------------------------
+
+PROJECT_FILES = ("pyproject.toml", "workspace.yaml")
+PROJECT_FOLDERS = ("comfy_pipeline", "workflows")
+
+
+def project_copy(tmp_path: Path) -> Path:
+    """A copy of the project in `tmp_path / "project"`, for tests that add a defs.yaml or a workflow: they never
+    write into the repository. Run `dg`/`dagster` there with `in_project` so that the copy is what loads."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in PROJECT_FILES:
+        shutil.copy(REPO / name, project / name)
+    for name in PROJECT_FOLDERS:
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return project
+
+
+def in_project(project: Path, *command: str, home: Path | None = None, timeout: float = 240,
+               **env: str) -> subprocess.CompletedProcess:
+    """`command` (`dg ...`, `dagster ...`: a console script of this environment, or a full path) run in `project`
+    as a user runs it there: `comfy_pipeline` imports from the copy (PYTHONPATH comes before the editable
+    install), Dagster's instance is in `home` (default: `project/../dagster_home`), the suite's quick retries.
+    The server is the embedded simulator unless `env` names one (COMFYUI_URL=...); outputs go to
+    `project/../out` unless COMFY_PIPELINE_OUTPUT_DIR says otherwise."""
+    home = home or project.parent / "dagster_home"
+    home.mkdir(exist_ok=True)
+    program = command[0] if os.sep in command[0] else str(BIN / command[0])
+    settings = {"PYTHONPATH": str(project), "COMFYUI_URL": "simulator",
+                "COMFY_PIPELINE_OUTPUT_DIR": str(project.parent / "out"), **env}
+    return subprocess.run([program, *command[1:]], cwd=project, env=dagster_env(home, **settings),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def output_of(proc: subprocess.CompletedProcess) -> str:
+    """What a user saw of a command (the end of it: Dagster is talkative), for assertion messages."""
+    return f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
 
 
 def report_of(proc: subprocess.CompletedProcess) -> dict:
