@@ -79,7 +79,7 @@ def test_the_code_location_is_the_defs_folder_plus_the_shared_resources():
     assert {key.to_user_string() for asset in folder.assets for key in asset.keys} == ASSETS
     assert {job.name for job in folder.jobs} >= {"image_to_video_job", "image_generation_job",
                                                  "video_generation_job", "comfyui_connection_job"}
-    assert {s.name for s in folder.sensors} == {"prompt_inbox_sensor", "failure_log_sensor"}
+    assert {s.name for s in folder.sensors} == {"prompt_inbox_sensor", "failure_log_sensor", "comfy_automation_sensor"}
     assert {s.name for s in folder.schedules} == {"daily_image_to_video_schedule"}
     assert set(defs.resources) == {"comfy", "quality", "io_manager"}
     assert set(defs.loggers) == {"console", "progress"}
