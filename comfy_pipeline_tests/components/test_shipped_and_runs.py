@@ -12,6 +12,7 @@ import yaml
 import comfy_pipeline.defs
 from comfy_pipeline.components import ComfyWorkflowComponent
 from comfy_pipeline.definitions import CODE_LOCATION_NAME, defs
+from comfy_pipeline.defs.resources import SERVER_TAG, gpu_pool
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.support.helpers import (
     REPO,
@@ -118,3 +119,13 @@ def test_an_eager_instance_asks_for_a_run_once_its_input_is_materialized(sim, tm
         again = dg.evaluate_automation_conditions(defs=location, instance=instance, asset_selection=watched,
                                                   cursor=after.cursor)
         assert again.total_requested == 0  # once per new input, not on every tick
+
+
+def test_the_automation_sensor_is_on_from_the_start_and_tags_its_runs_with_the_server_set():
+    # Dagster's own default automation sensor starts stopped and tags nothing: an eager instance would never run
+    # under a fresh daemon, and its runs would escape the run queue's limit per server set.
+    sensor = defs.resolve_sensor_def("comfy_automation_sensor")
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.run_tags == {SERVER_TAG: gpu_pool()}
+    assert {s.name for s in defs.sensors} & {"default_automation_condition_sensor"} == set()
