@@ -63,6 +63,11 @@ class OutputShape:
 
         return cls(asked("width"), asked("height"), asked("frames"), asked("fps"))
 
+    @property
+    def size(self) -> str:
+        """"1280x704", or "any" for a side the workflow does not set."""
+        return f"{self.width or 'any'}x{self.height or 'any'}" if self.width or self.height else "any"
+
 
 def content_limits(content: ContentThresholds, workflow: Workflow) -> ContentThresholds:
     """The content limits for `workflow`'s outputs: its own skip_checks are left out too."""
@@ -113,6 +118,7 @@ def inspect_video(path: Path, shape: OutputShape, workflow: Workflow, thresholds
 
 def describe(spec: PromptSpec, image: Path | None, result: JobResult, workflow: Workflow, server: ServerInfo,
              found: Inspection, attempt: int = 1) -> OutputItem:
+    shape = OutputShape.of(workflow, result.job.values)
     """One output as the metadata and the reports record it."""
     path = result.files[0]
     timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(found.seconds, 4)}
@@ -123,6 +129,7 @@ def describe(spec: PromptSpec, image: Path | None, result: JobResult, workflow: 
         size_bytes=path.stat().st_size, sha256=sha256_file(path), timings_s=timings,
         cached_nodes=tuple(result.cached_nodes), facts=found.facts, preview=found.preview,
         input_image=None if image is None else str(image), measures=found.measures, attempt=attempt,
+        requested_size=shape.size,
     )
 
 

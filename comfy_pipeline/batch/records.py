@@ -138,6 +138,9 @@ class OutputItem:
     input_image: str | None = None  # the picture a video was made from
     measures: Mapping[str, float | None] = field(default_factory=dict)  # content measures: mean_luma, motion, ...
     attempt: int = 1  # 2, 3, ... when earlier outputs of the prompt failed a content check (content_retries)
+    # The size the workflow was asked for ("1280x704"; "any" where it has no size parameter, e.g. an upscaler);
+    # "": not recorded (older manifests), the prompt spec's size is shown.
+    requested_size: str = ""
     preview: str = ""  # markdown for the UI; not recorded in the JSON
 
     @property
@@ -151,7 +154,7 @@ class OutputItem:
     def to_json(self) -> dict[str, Any]:
         raw = {
             "job": self.job, "prompt": self.prompt, "spec": spec_json(self.spec), "seed": self.spec.seed,
-            "requested_size": f"{self.spec.width}x{self.spec.height}", "workflow": self.workflow,
+            "requested_size": self.requested_size or f"{self.spec.width}x{self.spec.height}", "workflow": self.workflow,
             "workflow_sha256": self.workflow_sha256, "prompt_id": self.prompt_id, "backend": self.backend,
             "comfyui_url": self.comfyui_url, "comfyui_version": self.comfyui_version, "gpu": self.gpu,
             "path": self.path, "size_bytes": self.size_bytes, "sha256": self.sha256,
@@ -176,6 +179,7 @@ class OutputItem:
             cached_nodes=tuple(raw.get("cached_nodes") or ()),
             facts={k: raw[k] for k in FACT_KEYS if k in raw}, input_image=raw.get("input_image"),
             measures=dict(raw.get("measures") or {}), attempt=int(raw.get("attempt", 1)),
+            requested_size=str(raw.get("requested_size") or ""),
         )
 
 

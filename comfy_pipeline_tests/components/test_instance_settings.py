@@ -44,6 +44,9 @@ def test_fixed_params_and_the_instances_own_quality_settings_apply_to_its_output
     assert verdicts == {"generated_image": True, "small_copy": False}  # only this asset asks for 10 MB files
     (item,) = items_of(materializations(result, "small_copy")[0])
     assert Image.open(item["path"]).size == (64, 64)  # scale_by 0.25 of 256
+    assert item["requested_size"] == "any"  # the upscaler has no size parameter: its input decides
+    (image,) = items_of(materializations(result, "generated_image")[0])
+    assert image["requested_size"] == "256x256"
     assert "smaller than 10.0 MB" in failure_text(result), failure_text(result)
 
 
