@@ -225,7 +225,7 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
                  on_server: Callable[[ServerInfo], None] | None = None,
                  content: ContentThresholds = ContentThresholds(), content_retries: int = 0,
                  workflow_folder: Path | None = None, fixed: Mapping[str, Any] | None = None,
-                 output_subfolder: str = "") -> StepOutcome:
+                 output_subfolder: str = "", workflow_kind: str = "") -> StepOutcome:
     """Run every source through the kind's workflow on `servers`, check each output against `thresholds`
     (ImageThresholds or VideoThresholds) and `content` (the workflow's skip_checks left out) and describe them
     all, the failed prompts included. A prompt whose output failed a content check is queued again with the next
@@ -233,11 +233,15 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
     server are then cancelled); `log` is a logger (Dagster's context.log); `on_server` hears who the servers are
     before any prompt is queued. The workflow is looked up in the workflows folders, or in `workflow_folder` (a
     component's own); `fixed` are parameter values for every prompt, over the prompts' own; `output_subfolder`
-    keeps an asset's outputs apart from others' of the same kind in the run folder (and on the server)."""
+    keeps an asset's outputs apart from others' of the same kind in the run folder (and on the server);
+    `workflow_kind`: the kind the step runs (a workflow of another kind, named in run config, is refused)."""
     if content_retries < 0:
         raise StepInputError(f"content_retries must be 0 or more, got {content_retries}")
     loading_started = time.monotonic()
     workflow = load_workflow(workflow_name, directory=workflow_folder)
+    if workflow_kind and workflow.kind and workflow.kind != workflow_kind:
+        raise WorkflowError(f"workflow {workflow.name!r} is {workflow.kind}, but this step runs {workflow_kind} "
+                            "workflows: name one of that kind")
     workflow_load_s = round(time.monotonic() - loading_started, 4)
     server = servers.server_info()
     for problem in server.unreachable:

@@ -54,6 +54,7 @@ class StepPlan:
     max_retries: int | None = None
     retry_delay: float | None = None
     output_subfolder: str = ""  # "": straight into the run folder's images/ or videos/
+    workflow_kind: str = ""  # what the asset's workflow is; run config may only swap in one of the same kind
 
 
 def run_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, quality: QualityThresholds, plan: StepPlan,
@@ -67,7 +68,7 @@ def run_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, quality:
     try:
         outcome = step.run_gpu_step(
             plan.kind, sources, workflow_name=plan.workflow, workflow_folder=plan.workflow_folder, fixed=plan.fixed,
-            output_subfolder=plan.output_subfolder,
+            output_subfolder=plan.output_subfolder, workflow_kind=plan.workflow_kind,
             prompt_ids=prompt_ids, servers=comfy, thresholds=thresholds, run_id=context.run_id,
             run_folder=run_folder, log=context.log, run_ended=lambda run_id: run_has_ended(context.instance, run_id),
             on_server=lambda server: _announce(context, server),

@@ -70,7 +70,7 @@ def build_workflow_asset(asset: WorkflowAsset) -> dg.AssetsDefinition:
     by_path = Path(asset.workflow_ref).is_absolute()
     plan = StepPlan(step.IMAGES if workflow.makes == "image" else step.VIDEOS, asset.check_name,
                     workflow.path.name if by_path else asset.workflow_ref, workflow.path.parent if by_path else None,
-                    asset.fixed, asset.max_retries, asset.retry_delay, asset.output_subfolder)
+                    asset.fixed, asset.max_retries, asset.retry_delay, asset.output_subfolder, workflow.kind)
     extra_deps = [dep for dep in spec.deps if dep.asset_key != asset.input]
 
     @dg.asset(

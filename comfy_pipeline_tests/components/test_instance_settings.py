@@ -59,3 +59,19 @@ def test_images_given_in_run_config_feed_an_image_to_image_instance_without_its_
     assert result.success, failure_text(result)
     (item,) = items_of(materializations(result, "upscaled_image")[0])
     assert Path(item["path"]).is_file() and Image.open(item["path"]).size == (600, 400)  # the shipped 2x
+
+
+def test_run_config_may_swap_in_a_workflow_of_the_same_kind_only(sim, tmp_path):
+    prompts = [{"text": "a grey wall", "seed": 1, **SMALL}]
+    smoke = run_config(sim.url, tmp_path / "smoke", prompts, generated_image={"config": {"workflow": "smoke_image"}})
+    smoke["resources"]["quality"] = {"config": {"image_min_bytes": 100}}  # a flat picture is a few hundred bytes
+    swapped = materialize(defs, smoke, "prompt", "generated_image")
+    assert swapped.success, failure_text(swapped)
+    (item,) = items_of(materializations(swapped, "generated_image")[0])
+    assert item["workflow"] == "smoke_image"
+    video = run_config(sim.url, tmp_path / "video", prompts, generated_image={"config": {"workflow": "smoke_video"}})
+    refused = materialize(defs, video, "prompt", "generated_image")
+    assert not refused.success
+    assert ("workflow 'smoke_video' is image-to-video, but this step runs text-to-image workflows"
+            in failure_text(refused)), failure_text(refused)
+    assert not list((tmp_path / "video").glob("runs/*/images/*"))  # refused before anything was queued
