@@ -2,8 +2,6 @@
 daemon of `dg dev`, with nothing switched on by hand, and its runs carry the server set's tag like the jobs' runs."""
 
 import json
-import os
-import signal
 import subprocess
 
 import dagster as dg
@@ -18,6 +16,7 @@ from comfy_pipeline_tests.support.helpers import (
     in_project,
     output_of,
     project_copy,
+    stop_group,
     wait_until,
 )
 
@@ -71,9 +70,4 @@ def test_an_eager_instance_runs_under_the_daemon_after_its_input_is_materialized
         (picture,) = out.glob("runs/*/images/eager_upscale/*.png")
         assert Image.open(picture).size == (128, 128)  # scale_by 0.5 of the 256x256 image
     finally:
-        os.killpg(dev.pid, signal.SIGTERM)
-        try:
-            dev.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait(timeout=30)
+        stop_group(dev)

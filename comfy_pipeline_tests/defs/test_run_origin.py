@@ -8,7 +8,6 @@ gives them no way to name one), as README says.
 """
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import dagster as dg
 import pytest
 import requests
 
-from comfy_pipeline_tests.support.helpers import BIN, REPO, free_port, wait_until
+from comfy_pipeline_tests.support.helpers import BIN, REPO, free_port, stop_group, wait_until
 
 # slow tier (pytest -m slow; CI runs every tier): dg dev and three kinds of run
 pytestmark = pytest.mark.slow
@@ -81,9 +80,4 @@ def test_a_launched_run_is_filed_under_its_job_and_runs_in_the_shell_are_not(tmp
         # The job's Runs tab in the UI lists the launched run only.
         assert runs_tab(port) == [{"runId": launched.run_id, "status": "SUCCESS"}]
     finally:
-        os.killpg(dev.pid, signal.SIGTERM)
-        try:
-            dev.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait(timeout=30)
+        stop_group(dev)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -116,6 +117,17 @@ def in_project(project: Path, *command: str, home: Path | None = None, timeout: 
                 "COMFY_PIPELINE_OUTPUT_DIR": str(project.parent / "out"), **env}
     return subprocess.run([program, *command[1:]], cwd=project, env=dagster_env(home, **settings),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 60) -> None:
+    """Stop a process started with start_new_session=True (`dg dev` and its children): SIGTERM to its group,
+    SIGKILL if it has not ended within `grace` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def output_of(proc: subprocess.CompletedProcess) -> str:

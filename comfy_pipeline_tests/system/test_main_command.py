@@ -1,6 +1,5 @@
 """README's commands, run exactly as a user types them, as subprocesses."""
 
-import os
 import signal
 import subprocess
 import time
@@ -11,7 +10,7 @@ import requests
 
 from comfy_pipeline.media import probe_image, probe_video
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.support.helpers import BIN, REPO, clean_env, free_port, wait_until
+from comfy_pipeline_tests.support.helpers import BIN, REPO, clean_env, free_port, stop_group, wait_until
 
 
 def test_readme_main_command_runs_the_whole_pipeline_on_a_fresh_machine(tmp_path):
@@ -163,9 +162,4 @@ def test_dg_dev_serves_the_code_location(tmp_path):
 
         assert wait_until(lambda: "image_to_video_job" in jobs(), timeout=120), "dg dev never served the jobs"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_group(proc, grace=30)
