@@ -11,6 +11,7 @@ import pytest
 
 from comfy_pipeline.simulator import Simulator
 from comfy_pipeline_tests.support.helpers import REPO_WORKFLOWS, ffmpeg_processes_since
+from comfy_pipeline_tests.support.s3_server import S3Server, start_s3_server
 
 # GPU steps retry transient server faults with a backoff of 10 s and more in production; in tests one quick
 # retry proves the same behaviour. Read when a step fails (comfy_pipeline/settings.py); set here for the whole
@@ -34,6 +35,23 @@ def shared_simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simul
     data_dir = tmp_path_factory.mktemp("shared-comfyui")
     with Simulator(data_dir=data_dir, image_seconds=0.05, video_seconds=0.2) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 API server on loopback (moto's server mode), shared by the session; each test takes its own bucket
+    (`s3_server.new_bucket()`)."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """This process's AWS settings pointed at the loopback S3 server (the standard variables)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def free_port() -> int:
 # -- subprocesses -----------------------------------------------------------------------------------------------
 
 # Settings a developer's shell may hold that would change what a subprocess under test does.
-OUR_ENV_PREFIXES = ("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_", "TEST_TIMEOUT")
+OUR_ENV_PREFIXES = ("DAGSTER_", "COMFYUI_", "COMFY_PIPELINE_", "TEST_TIMEOUT", "AWS_")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -1,0 +1,33 @@
+"""Where the outputs live: a local folder or an S3-compatible object store, behind one small interface.
+
+`open_store("/data/out")` is a LocalStore, `open_store("s3://bucket/prefix")` an S3Store. Keys are `/`-separated
+paths under the store's root (`runs/<run>/images/00_fox.png`); `store.uri(key)` is what reports and metadata show
+(an absolute path, or `s3://bucket/prefix/key`). Both keep the same promises: an object appears whole or not at
+all, and an existing one is never replaced unless asked (state that describes, rather than is, an output).
+No Dagster here.
+"""
+
+from comfy_pipeline.storage.base import (
+    ObjectExists,
+    ObjectMissing,
+    Store,
+    StoredObject,
+    StoreError,
+    is_store_url,
+    join_key,
+)
+from comfy_pipeline.storage.local import LocalStore
+
+
+def open_store(location: str, *, endpoint_url: str | None = None) -> Store:
+    """The store at `location`: `s3://bucket/prefix` (credentials from the standard AWS chain; `endpoint_url`, or
+    AWS_ENDPOINT_URL, for an S3-compatible service), else a local folder."""
+    if is_store_url(location):
+        from comfy_pipeline.storage.s3 import S3Store  # boto3 is imported only when a bucket is used
+
+        return S3Store.from_url(location, endpoint_url=endpoint_url)
+    return LocalStore(location)
+
+
+__all__ = ["LocalStore", "ObjectExists", "ObjectMissing", "Store", "StoreError", "StoredObject", "is_store_url",
+           "join_key", "open_store"]
