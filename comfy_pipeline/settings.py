@@ -14,7 +14,9 @@ Credentials come from the environment only (COMFYUI_TOKEN, or COMFYUI_USERNAME +
 stored in plain text by Dagster, so they are not run-config fields at all. `make_client` is the one place that
 builds a client from them.
 
-Output folder: run config `output_dir` > COMFY_PIPELINE_OUTPUT_DIR > ./comfy_outputs. Retries of a GPU step after
+Output folder: run config `output_dir` > COMFY_PIPELINE_OUTPUT_DIR > ./comfy_outputs; a local folder, or
+`s3://bucket/prefix` on an S3-compatible store (credentials from the standard AWS chain, its endpoint from the
+run config's `s3_endpoint_url` or AWS_ENDPOINT_URL). Retries of a GPU step after
 a transient server fault: COMFY_PIPELINE_STEP_RETRIES (3) with a backoff from COMFY_PIPELINE_RETRY_DELAY_S (10 s).
 Read when the definitions load, by nature: the GPU pool's name (COMFYUI_URLS / COMFYUI_URL) and the daily
 schedule's cron and timezone.
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from comfy_pipeline.comfyui.errors import ComfyUIError
+from comfy_pipeline.storage import Store, StoreError, is_store_url, open_store
 
 SIMULATOR = "simulator"
 URLS_ENV = "COMFYUI_URLS"
@@ -153,8 +156,26 @@ def make_client(url: str, *, creds: Credentials | None = None, **options):
 
 
 def output_dir(configured: str | None = None) -> Path:
-    """The output folder, absolute (paths in metadata and reports lead to the files from anywhere)."""
-    return Path(configured or os.environ.get(OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR).absolute()
+    """The output folder, absolute (paths in metadata and reports lead to the files from anywhere). Only for a
+    local one: an `s3://` location is an error here (use output_store)."""
+    location = output_location(configured)
+    if is_store_url(location):
+        raise SettingError(f"{location} is an object store; this needs a local folder")
+    return Path(location)
+
+
+def output_location(configured: str | None = None) -> str:
+    """Where outputs go: `s3://bucket/prefix` as given, or the absolute path of a local folder."""
+    chosen = (configured or os.environ.get(OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR).strip()
+    return chosen.rstrip("/") if is_store_url(chosen) else str(Path(chosen).expanduser().absolute())
+
+
+def output_store(configured: str | None = None, endpoint_url: str | None = None) -> Store:
+    """The output location as a store (storage.open_store). A malformed `s3://` location is a SettingError."""
+    try:
+        return open_store(output_location(configured), endpoint_url=endpoint_url)
+    except StoreError as exc:
+        raise SettingError(str(exc)) from None
 
 
 @dataclass(frozen=True)

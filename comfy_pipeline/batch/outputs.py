@@ -1,21 +1,28 @@
 """The output folder: where each run's files go, how they are named, and how they are written.
 
-Layout: <output_dir>/runs/<UTC time>_<run id>/{images,videos,reports}/<descriptive name>.
-Everything is written to a temporary file in the target folder and renamed into place, and an existing
-file is never replaced, so a crash leaves no partial files and no run can clobber another's.
+Layout: <output location>/runs/<UTC time>_<run id>/{images,videos,reports}/<descriptive name>, on a local disk or
+an object store (storage/). Everything is written to a temporary file (or an unfinished upload) and made visible
+whole under its final name, and an existing file is never replaced, so a crash leaves no partial files and no
+run can clobber another's. A run's files are made in a local folder first (ffprobe and the content checks need
+a file): the run folder itself on a local disk; for an object store, a temporary folder, gone when the step ends,
+each file uploaded once checked.
 """
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from comfy_pipeline.comfyui.files import FILE_MODE
+from comfy_pipeline.storage import ObjectExists, Store, join_key
+from comfy_pipeline.storage.local import write_atomic as _write_atomic
 
 KINDS = ("images", "videos", "reports")
 STALE_PART_S = 3600  # a .part file untouched this long belongs to a download that died
@@ -68,29 +75,71 @@ def confined(base: Path, name: str) -> Path:
 def write_atomic(path: Path, data: bytes, *, replace: bool = False) -> Path:
     """Write `data` to `path` via a temp file + rename; never replaces an existing file unless `replace` (for
     state files that describe, rather than are, an output: a retried step rewrites its manifest whole)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes it 0600; an output follows the umask like any file
-        # os.link fails if the target exists, unlike os.replace: that is the no-overwrite guarantee.
-        os.replace(tmp, path) if replace else os.link(tmp, path)
-    except FileExistsError:
-        raise OutputPathError(f"{path} already exists; outputs are never overwritten") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    return path
+        return _write_atomic(path, data, replace=replace)
+    except ObjectExists as exc:
+        raise OutputPathError(str(exc)) from None
+
+
+def json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
 
 
 def write_json(path: Path, value: Any, *, replace: bool = False) -> Path:
-    data = (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    return write_atomic(path, data, replace=replace)
+    return write_atomic(path, json_bytes(value), replace=replace)
+
+
+STAGING_PREFIX = "comfy-pipeline-run-"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder on the output store: `runs/<UTC time>_<run id>`."""
+
+    store: Store
+    key: str
+
+    @classmethod
+    def of(cls, store: Store, run_id: str, started_at: float) -> "RunFolder":
+        return cls(store, join_key("runs", run_folder_name(run_id, started_at)))
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri(self.key)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """The local folder a step makes its files in, laid out like the run folder: on a local store the run
+        folder itself; on a remote one a temporary folder, removed when the step ends (a killed step's is swept
+        with its run: sweep_unfinished)."""
+        local = self.store.path_of(self.key)
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
+            yield local
+            return
+        work = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{self.key.rsplit('_', 1)[-1]}-"))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def publish(self, staging: Path, file: Path) -> str:
+        """Put a checked file of `staging` at its place in the run folder, under a free name; its URI (on a
+        local store the file is there already: its path)."""
+        key = join_key(self.key, file.relative_to(staging).as_posix())
+        return self.store.uri(self.store.put_file(file, key, free_name=True))
+
+    def write_json(self, kind: str, name: str, value: Any, *, replace: bool = False) -> str:
+        """`<run folder>/<kind>/<name>` (a report), written whole; its URI. A taken name is an OutputPathError
+        unless `replace` (a retried step rewrites its listing)."""
+        if kind not in KINDS:
+            raise OutputPathError(f"unknown output kind {kind!r}; one of {KINDS}")
+        confined(Path("/"), name)
+        try:
+            return self.store.uri(self.store.put_bytes(join_key(self.key, kind, name), json_bytes(value),
+                                                       replace=replace))
+        except ObjectExists as exc:
+            raise OutputPathError(str(exc)) from None
 
 
 def append_line(path: Path, line: str) -> None:
@@ -101,6 +150,23 @@ def append_line(path: Path, line: str) -> None:
         os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
     finally:
         os.close(fd)
+
+
+def sweep_unfinished(store: Store, run_ended: Callable[[str], bool]) -> list[str]:
+    """What dead runs left half-written: their unfinished uploads (or hidden `.part` files) in their run folders,
+    and for a remote store their local staging folders. A live run's are never touched; the keys (or folders)."""
+    def dead(key: str) -> bool:
+        parts = key.split("/")
+        return len(parts) > 2 and run_ended(parts[1].split("_", 1)[-1])
+
+    removed = store.abort_uploads("runs", dead)
+    if not store.local:
+        for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+            run_slug = folder.name[len(STAGING_PREFIX):].rsplit("-", 1)[0]
+            if run_ended(run_slug):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(str(folder))
+    return removed
 
 
 def remove_stale_parts(output_dir: str | Path, run_ended: Callable[[str], bool]) -> list[Path]:
