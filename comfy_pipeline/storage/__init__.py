@@ -7,6 +7,8 @@ all, and an existing one is never replaced unless asked (state that describes, r
 No Dagster here.
 """
 
+import os
+
 from comfy_pipeline.storage.base import (
     ObjectExists,
     ObjectMissing,
@@ -29,5 +31,12 @@ def open_store(location: str, *, endpoint_url: str | None = None) -> Store:
     return LocalStore(location)
 
 
-__all__ = ["LocalStore", "ObjectExists", "ObjectMissing", "Store", "StoreError", "StoredObject", "is_store_url",
-           "join_key", "open_store"]
+def as_store(where: "Store | str | os.PathLike") -> Store:
+    """A store from a store (as is), a local folder or an `s3://` location: for functions that took a folder."""
+    if isinstance(where, (str, os.PathLike)):
+        return open_store(os.fspath(where))
+    return where
+
+
+__all__ = ["LocalStore", "ObjectExists", "ObjectMissing", "Store", "StoreError", "StoredObject", "as_store",
+           "is_store_url", "join_key", "open_store"]
