@@ -132,12 +132,14 @@ class RunFolder:
     def write_json(self, kind: str, name: str, value: Any, *, replace: bool = False) -> str:
         """`<run folder>/<kind>/<name>` (a report), written whole; its URI. A taken name is an OutputPathError
         unless `replace` (a retried step rewrites its listing)."""
+        return self.write_bytes(kind, name, json_bytes(value), replace=replace)
+
+    def write_bytes(self, kind: str, name: str, data: bytes, *, replace: bool = False) -> str:
         if kind not in KINDS:
             raise OutputPathError(f"unknown output kind {kind!r}; one of {KINDS}")
         confined(Path("/"), name)
         try:
-            return self.store.uri(self.store.put_bytes(join_key(self.key, kind, name), json_bytes(value),
-                                                       replace=replace))
+            return self.store.uri(self.store.put_bytes(join_key(self.key, kind, name), data, replace=replace))
         except ObjectExists as exc:
             raise OutputPathError(str(exc)) from None
 
