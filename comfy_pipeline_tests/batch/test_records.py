@@ -57,7 +57,8 @@ def test_an_old_image_manifest_loads_with_defaults_for_what_it_did_not_record():
 
 
 def test_an_old_manifest_still_makes_a_report(tmp_path):
-    report = write_report(_folder(tmp_path), "run-1", {"generated_image": GenerationManifest.from_json(OLD_IMAGE_MANIFEST)})
+    old = GenerationManifest.from_json(OLD_IMAGE_MANIFEST)
+    report = write_report(_folder(tmp_path), "run-1", {"generated_image": old})
     rows = json.loads(Path(report.json_path).read_text())["rows"]
     assert [(r["job"], r["verdict"], r["reason"]) for r in rows] == [
         ("prompt 0", "failed", "too small"),
