@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +42,15 @@ class Place:
     s3: S3Server
     bucket: str
     home: Path
+    tmp: Path  # the runs' TMPDIR: their temporary files, which must all be gone when they end
 
     @property
     def location(self) -> str:
         return f"s3://{self.bucket}/{PREFIX}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        return dagster_env(self.home, COMFY_PIPELINE_OUTPUT_DIR=self.location, **self.s3.env(), **extra)
+        return dagster_env(self.home, COMFY_PIPELINE_OUTPUT_DIR=self.location, TMPDIR=str(self.tmp), **self.s3.env(),
+                           **extra)
 
     def keys(self, under: str = "") -> list[str]:
         return self.s3.keys(self.bucket, f"{PREFIX}/{under}")
@@ -71,7 +72,8 @@ def new_place(s3: S3Server, tmp_path: Path) -> Place:
     home.mkdir()
     with dg.DagsterInstance.from_config(str(home)):
         pass  # the instance's storage exists before several processes open it (they race creating tables)
-    return Place(s3, s3.new_bucket(), home)
+    (tmp_path / "tmp").mkdir()
+    return Place(s3, s3.new_bucket(), home, tmp_path / "tmp")
 
 
 def dagster(*args: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -162,9 +164,10 @@ def step_outcomes(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
     return outcomes
 
 
-def staging_left(run_id: str) -> list[Path]:
-    """The run's local staging folders still on disk (they are removed when each step ends)."""
-    return sorted(Path(tempfile.gettempdir()).glob(f"comfy-pipeline-run-{run_id}*"))
+def temporary_left(place: Place) -> list[Path]:
+    """What the runs left in their temporary folder: their staging folders (removed when each step ends), s3://
+    inputs fetched, anything else. The runs are over: it must all be gone."""
+    return sorted(place.tmp.rglob("*"))
 
 
 def assert_whole(place: Place, item: dict, tmp_path: Path) -> None:
@@ -258,7 +261,7 @@ def test_main_command_writes_runs_reports_and_manifests_to_the_bucket_and_nothin
     # Nothing on the local disk: not in the working folder, no manifests beside the instance, no staging left.
     assert nothing_local(cwd) == []
     assert not (place.home / "storage" / "comfy_pipeline_manifests").exists()
-    assert staging_left(run_id) == []
+    assert temporary_left(place) == []
 
 
 # -- failure isolation ------------------------------------------------------------------------------------------
@@ -296,7 +299,7 @@ def test_a_broken_output_is_kept_on_the_store_named_in_the_report_and_fails_only
     assert failed["prompt"] == "a night that went black" and failed["path"] == black["path"]
     assert "image is black" in failed["reason"]
     assert "image is black" in proc.stdout + proc.stderr
-    assert nothing_local(tmp_path / "cwd") == [] and staging_left(run_id) == []
+    assert nothing_local(tmp_path / "cwd") == [] and temporary_left(place) == []
 
 
 # -- concurrent runs --------------------------------------------------------------------------------------------
@@ -336,7 +339,6 @@ def test_two_runs_at_once_into_one_prefix_keep_their_own_folders_and_whole_objec
             assert {r["path"] for r in report["rows"]} == {i["path"] for i in images + videos}
             for asset in ASSETS:
                 listed.add(place.key(metas[asset]["manifest"]))
-            assert staging_left(run_id) == []
         assert len(instance.get_runs()) == 2
     assert folders["first"] != folders["second"]
     # Nothing was overwritten: each run's media objects are its own (hashes above) and no other media appeared.
@@ -348,6 +350,7 @@ def test_two_runs_at_once_into_one_prefix_keep_their_own_folders_and_whole_objec
             json.loads(place.s3.read(place.bucket, key))
     for name in cases:
         assert nothing_local(tmp_path / name) == []
+    assert temporary_left(place) == []
 
 
 # -- re-execution and single-asset materialization with no shared disk -----------------------------------------
@@ -447,8 +450,7 @@ def test_reexecution_and_single_asset_runs_read_the_manifests_from_the_store(s3_
         for item in single_videos:
             assert item["path"].startswith(f"{place.location}/runs/") and single_run in item["path"]
             assert_whole(place, item, tmp_path)
-        for run_id in (parent, child, single_run):
-            assert staging_left(run_id) == []
+    assert temporary_left(place) == []  # the three runs' staging folders and fetched inputs
     assert not (place.home / "storage" / "comfy_pipeline_manifests").exists()
     assert nothing_local(again_cwd) == [] and nothing_local(tmp_path / "single") == []
 
@@ -536,8 +538,9 @@ def test_the_aws_credentials_appear_nowhere_and_a_missing_bucket_is_named(main_r
     place, _, proc = main_run
     assert proc.returncode == 0, said(proc)
     missing = f"no-such-bucket-{os.getpid()}"
-    other = Place(s3_server, missing, tmp_path / "home")  # a Dagster instance of its own
+    other = Place(s3_server, missing, tmp_path / "home", tmp_path / "tmp")  # a Dagster instance of its own
     other.home.mkdir()
+    other.tmp.mkdir()
     env = {**other.env(), "COMFY_PIPELINE_OUTPUT_DIR": f"s3://{missing}/outputs"}
     prompts = [{"text": "a lighthouse", "seed": 1, **SMALL}]
     failed = dagster(*execute_args("image_to_video_job", tmp_path, "missing", prompts), cwd=tmp_path / "cwd",
