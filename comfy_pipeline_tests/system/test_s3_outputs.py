@@ -48,9 +48,11 @@ class Place:
     def location(self) -> str:
         return f"s3://{self.bucket}/{PREFIX}"
 
-    def env(self, **extra: str) -> dict[str, str]:
-        return dagster_env(self.home, COMFY_PIPELINE_OUTPUT_DIR=self.location, TMPDIR=str(self.tmp), **self.s3.env(),
-                           **extra)
+    def env(self, tmp: Path | None = None, **extra: str) -> dict[str, str]:
+        """A run's environment: the output location, the AWS variables, the instance, and TMPDIR (`tmp` or the
+        place's own)."""
+        settings = {"COMFY_PIPELINE_OUTPUT_DIR": self.location, "TMPDIR": str(tmp or self.tmp), **self.s3.env()}
+        return dagster_env(self.home, **{**settings, **extra})
 
     def keys(self, under: str = "") -> list[str]:
         return self.s3.keys(self.bucket, f"{PREFIX}/{under}")
@@ -164,10 +166,10 @@ def step_outcomes(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
     return outcomes
 
 
-def temporary_left(place: Place) -> list[Path]:
-    """What the runs left in their temporary folder: their staging folders (removed when each step ends), s3://
-    inputs fetched, anything else. The runs are over: it must all be gone."""
-    return sorted(place.tmp.rglob("*"))
+def temporary_left(place: Place, tmp: Path | None = None) -> list[Path]:
+    """What the runs left in their temporary folder (`tmp` or the place's own): their staging folders (removed
+    when each step ends), s3:// inputs fetched, anything else. The runs are over: it must all be gone."""
+    return sorted((tmp or place.tmp).rglob("*"))
 
 
 def assert_whole(place: Place, item: dict, tmp_path: Path) -> None:
@@ -255,6 +257,10 @@ def test_main_command_writes_runs_reports_and_manifests_to_the_bucket_and_nothin
     assert [i["path"] for i in items_of(place, metas["generated_image"])] == [f"s3://{place.bucket}/{pngs[0]}"]
     (clip,) = items_of(place, metas["ltx2_video"])
     assert clip["path"] == f"s3://{place.bucket}/{mp4s[0]}" and clip["input_image"] == f"s3://{place.bucket}/{pngs[0]}"
+    # Previews still show in the UI: small pictures inside the metadata, not links to the bucket.
+    for asset in ("generated_image", "ltx2_video"):
+        previews = [v for k, v in metas[asset].items() if k.startswith("previews")]
+        assert previews and "![preview](data:image/" in previews[0], (asset, previews)
     # The log says where the outputs are.
     assert place.location in proc.stdout + proc.stderr
 
@@ -404,9 +410,13 @@ def test_reexecution_and_single_asset_runs_read_the_manifests_from_the_store(s3_
             assert materialization(instance, parent, "ltx2_video") is None
             images = items_of(place, materialization(instance, parent, "generated_image"))
         assert "not reachable" in first.stdout + first.stderr
-        # The first run's working folder is gone: the re-execution shares no disk with it.
-        assert nothing_local(tmp_path / "first") == []
+        # The first run left nothing on this disk (working folder, temporary folder, beside the instance); both
+        # folders go: the re-execution and the single-asset run, each in folders of their own, share no disk
+        # with it but the Dagster instance (a database, as on Kubernetes).
+        assert nothing_local(tmp_path / "first") == [] and temporary_left(place) == []
+        assert not (place.home / "storage" / "comfy_pipeline_manifests").exists()
         (tmp_path / "first").rmdir()
+        place.tmp.rmdir()
 
         sim._settings["video_seconds"] = 0.1  # the same server (same URL), back up and quick this time
         sim.start()
@@ -414,15 +424,19 @@ def test_reexecution_and_single_asset_runs_read_the_manifests_from_the_store(s3_
         script.write_text(REEXECUTE)
         again_cwd = tmp_path / "again"
         again_cwd.mkdir()
+        again_tmp = tmp_path / "again-tmp"
+        again_tmp.mkdir()
         again = subprocess.run([sys.executable, str(script), parent], cwd=again_cwd, capture_output=True, text=True,
-                               timeout=600, env=place.env(COMFYUI_URL=sim.url, PYTHONPATH=str(tmp_path), **env))
+                               timeout=600, env=place.env(again_tmp, COMFYUI_URL=sim.url, **env))
         assert again.returncode == 0, said(again)
         answer = json.loads(again.stdout.strip().splitlines()[-1])
         assert answer["success"], said(again)
 
         # `dagster asset materialize --select ltx2_video`: the latest images, animated again, from a third folder.
+        single_tmp = tmp_path / "single-tmp"
+        single_tmp.mkdir()
         single = dagster("asset", "materialize", "-m", "comfy_pipeline", "--select", "ltx2_video",
-                         cwd=tmp_path / "single", env=place.env(COMFYUI_URL=sim.url, **env))
+                         cwd=tmp_path / "single", env=place.env(single_tmp, COMFYUI_URL=sim.url, **env))
         assert single.returncode == 0, said(single)
     finally:
         sim.stop()
@@ -450,7 +464,7 @@ def test_reexecution_and_single_asset_runs_read_the_manifests_from_the_store(s3_
         for item in single_videos:
             assert item["path"].startswith(f"{place.location}/runs/") and single_run in item["path"]
             assert_whole(place, item, tmp_path)
-    assert temporary_left(place) == []  # the three runs' staging folders and fetched inputs
+    assert temporary_left(place, again_tmp) == [] and temporary_left(place, single_tmp) == []
     assert not (place.home / "storage" / "comfy_pipeline_manifests").exists()
     assert nothing_local(again_cwd) == [] and nothing_local(tmp_path / "single") == []
 
