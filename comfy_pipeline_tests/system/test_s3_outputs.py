@@ -24,7 +24,7 @@ from PIL import Image
 
 from comfy_pipeline.media import probe_video
 from comfy_pipeline.simulator import Simulator
-from comfy_pipeline_tests.support.helpers import BIN, clean_env, dagster_env, files_in, wait_until
+from comfy_pipeline_tests.support.helpers import BIN, clean_env, dagster_env, files_in, stop_group, wait_until
 from comfy_pipeline_tests.support.s3_server import ACCESS_KEY, SECRET_KEY, S3Server
 
 SMALL = {"width": 256, "height": 256, "frames": 9, "fps": 8}
@@ -155,7 +155,7 @@ def path_metadata(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
 
 def items_of(place: Place, meta: dict) -> list[dict]:
     """The outputs a materialization listed (its metadata points to the listing, on the store)."""
-    return place.json(meta["items_json"])["items"]
+    return place.json(meta["items_json"])["items"] if meta else []
 
 
 def step_outcomes(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
@@ -209,6 +209,7 @@ def main_run(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow  # slow tier: the whole main job in a subprocess
+@pytest.mark.timeout(1200)  # its waits are on the subprocess; a busy machine must not fail it
 def test_main_command_writes_runs_reports_and_manifests_to_the_bucket_and_nothing_locally(main_run, tmp_path):
     place, cwd, proc = main_run
     assert proc.returncode == 0, said(proc)
@@ -274,6 +275,7 @@ def test_main_command_writes_runs_reports_and_manifests_to_the_bucket_and_nothin
 
 
 @pytest.mark.slow  # slow tier: the whole main job in a subprocess
+@pytest.mark.timeout(1200)
 def test_a_broken_output_is_kept_on_the_store_named_in_the_report_and_fails_only_the_report(s3_server, tmp_path):
     place = new_place(s3_server, tmp_path)
     prompts = [{"text": "a night that went black", "seed": 1, **SMALL}, {"text": "a sunny meadow", "seed": 2, **SMALL}]
@@ -312,6 +314,7 @@ def test_a_broken_output_is_kept_on_the_store_named_in_the_report_and_fails_only
 
 
 @pytest.mark.slow  # slow tier: two jobs in subprocesses at once
+@pytest.mark.timeout(1500)
 def test_two_runs_at_once_into_one_prefix_keep_their_own_folders_and_whole_objects(s3_server, tmp_path):
     place = new_place(s3_server, tmp_path)
     cases = {name: [{"text": f"{name} prompt {j}: a {animal}", "seed": 10 * i + j, **SMALL} for j in range(2)]
@@ -391,6 +394,7 @@ def _stop_when_a_video_runs(sim: Simulator) -> None:
 
 
 @pytest.mark.slow  # slow tier: jobs in subprocesses
+@pytest.mark.timeout(2400)
 def test_reexecution_and_single_asset_runs_read_the_manifests_from_the_store(s3_server, tmp_path):
     place = new_place(s3_server, tmp_path)
     prompts = [{"text": "a tram in the rain", "seed": 1, **SMALL}, {"text": "a tram in the snow", "seed": 2, **SMALL}]
@@ -467,6 +471,56 @@ def test_reexecution_and_single_asset_runs_read_the_manifests_from_the_store(s3_
     assert temporary_left(place, again_tmp) == [] and temporary_left(place, single_tmp) == []
     assert not (place.home / "storage" / "comfy_pipeline_manifests").exists()
     assert nothing_local(again_cwd) == [] and nothing_local(tmp_path / "single") == []
+
+
+# -- the inbox ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # slow tier: the Dagster daemon ticks the sensor and launches the run
+@pytest.mark.timeout(1500)  # its waits are on conditions; a busy machine must not fail it
+def test_a_prompt_dropped_into_the_inbox_on_the_store_runs_under_the_daemon(s3_server, tmp_path):
+    place = new_place(s3_server, tmp_path)
+    client = s3_server.client()
+    prompts = [{"text": "a fox in the snow", "seed": 4, **SMALL}]
+    client.put_object(Bucket=place.bucket, Key=f"{PREFIX}/inbox/foxes.json", Body=json.dumps(prompts).encode())
+    client.put_object(Bucket=place.bucket, Key=f"{PREFIX}/inbox/broken.json", Body=b"{not json")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    log = tmp_path / "daemon.log"
+    with Simulator(data_dir=tmp_path / "sim", image_seconds=0.05, video_seconds=0.1) as sim, log.open("wb") as sink:
+        daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "comfy_pipeline"], cwd=cwd,
+                                  env=place.env(COMFYUI_URL=sim.url), stdout=sink, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            with open_instance(place.home) as instance:
+                def finished() -> list[dg.DagsterRun]:
+                    runs = instance.get_runs(dg.RunsFilter(tags={"comfy_pipeline/inbox_file": "foxes.json"}))
+                    return [r for r in runs if r.is_finished]
+
+                done = wait_until(finished, timeout=900)
+                assert done, log.read_text(errors="replace")[-5000:]
+                (run,) = finished()
+                rejected = wait_until(lambda: place.keys("inbox/rejected/"), timeout=300)
+                assert rejected, (place.keys(), log.read_text(errors="replace")[-3000:])
+                run_id = run.run_id
+                status = run.status
+                images = items_of(place, materialization(instance, run_id, "generated_image") or {})
+                videos = items_of(place, materialization(instance, run_id, "ltx2_video") or {})
+        finally:
+            stop_group(daemon)
+    assert status == dg.DagsterRunStatus.SUCCESS, log.read_text(errors="replace")[-5000:]
+    assert [i["prompt"] for i in images] == ["a fox in the snow"] and len(videos) == 1
+    for item in images + videos:
+        assert item["path"].startswith(f"{place.location}/runs/") and run_id in item["path"]
+        assert_whole(place, item, tmp_path)
+    # The bad object is set aside with a note saying why; the good one did not wait for it.
+    keys = place.keys("inbox/")
+    assert f"{PREFIX}/inbox/broken.json" not in keys
+    (note,) = [k for k in keys if k.startswith(f"{PREFIX}/inbox/rejected/") and k.endswith(".reason.txt")]
+    assert "broken.json" in place.s3.read(place.bucket, note).decode()
+    # The sensor kept nothing on the local disk: no inbox folder, no downloads left behind.
+    assert nothing_local(cwd) == []
+    assert [p for p in temporary_left(place) if "comfy" in p.name or "inbox" in p.name] == []
 
 
 # -- a kill mid-upload ------------------------------------------------------------------------------------------
@@ -548,6 +602,7 @@ def leaks(data: str | bytes) -> list[str]:
 
 
 @pytest.mark.slow  # slow tier: the main job and a failing run in subprocesses
+@pytest.mark.timeout(1200)
 def test_the_aws_credentials_appear_nowhere_and_a_missing_bucket_is_named(main_run, s3_server, tmp_path):
     place, _, proc = main_run
     assert proc.returncode == 0, said(proc)
