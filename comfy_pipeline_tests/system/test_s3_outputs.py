@@ -616,7 +616,8 @@ def test_the_aws_credentials_appear_nowhere_and_a_missing_bucket_is_named(main_r
                      env=env)
     assert failed.returncode == 1, said(failed)
     text = failed.stdout + failed.stderr
-    assert missing in text and "bucket" in text.lower(), said(failed)
+    # Said before any GPU work, naming the bucket and what to do.
+    assert f"s3://{missing}/" in text and "bucket does not exist" in text, said(failed)
 
     assert leaks(proc.stdout + proc.stderr) == [] and leaks(text) == []
     for key in place.keys(""):  # every object the run wrote
@@ -627,8 +628,10 @@ def test_the_aws_credentials_appear_nowhere_and_a_missing_bucket_is_named(main_r
             assert leaks(serialize_value(run)) == [], run.run_id
             for record in instance.all_logs(run.run_id):
                 assert leaks(serialize_value(record)) == [], record.user_message
-            if home == other.home:  # the failure the instance shows names the bucket
+            if home == other.home:  # the failure the instance shows names the bucket; no GPU step ran
                 messages = "\n".join(serialize_value(r) for r in instance.all_logs(run.run_id))
                 assert missing in messages
+                outcomes = step_outcomes(instance, run.run_id)
+                assert "failure" in outcomes.values() and "generated_image" not in outcomes, outcomes
     written = files_in(place.home) + files_in(other.home) + files_in(tmp_path / "cwd")
     assert {str(p): leaks(p.read_bytes()) for p in written if leaks(p.read_bytes())} == {}
