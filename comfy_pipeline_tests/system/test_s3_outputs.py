@@ -194,6 +194,15 @@ def nothing_local(cwd: Path) -> list[Path]:
     return files_in(cwd) + [p for p in cwd.rglob("*") if p.is_dir()]
 
 
+OURS = {"comfy_pipeline_manifests", "inbox", ".inflight", "failures", "failures.jsonl", "comfy_outputs"}
+
+
+def ours_beside_instance(place: Place) -> list[Path]:
+    """What of the pipeline's own state (manifests, outputs, inbox, prompt ledger, failure log) ended up in
+    DAGSTER_HOME instead of on the store. The instance's own files (its databases, compute logs) are Dagster's."""
+    return [p for p in place.home.rglob("*") if p.name in OURS or p.suffix in (".png", ".mp4")]
+
+
 # -- the main command -------------------------------------------------------------------------------------------
 
 
@@ -267,7 +276,7 @@ def test_main_command_writes_runs_reports_and_manifests_to_the_bucket_and_nothin
 
     # Nothing on the local disk: not in the working folder, no manifests beside the instance, no staging left.
     assert nothing_local(cwd) == []
-    assert not (place.home / "storage" / "comfy_pipeline_manifests").exists()
+    assert ours_beside_instance(place) == []
     assert temporary_left(place) == []
 
 
@@ -308,6 +317,7 @@ def test_a_broken_output_is_kept_on_the_store_named_in_the_report_and_fails_only
     assert "image is black" in failed["reason"]
     assert "image is black" in proc.stdout + proc.stderr
     assert nothing_local(tmp_path / "cwd") == [] and temporary_left(place) == []
+    assert ours_beside_instance(place) == []
 
 
 # -- concurrent runs --------------------------------------------------------------------------------------------
@@ -359,7 +369,7 @@ def test_two_runs_at_once_into_one_prefix_keep_their_own_folders_and_whole_objec
             json.loads(place.s3.read(place.bucket, key))
     for name in cases:
         assert nothing_local(tmp_path / name) == []
-    assert temporary_left(place) == []
+    assert temporary_left(place) == [] and ours_beside_instance(place) == []
 
 
 # -- re-execution and single-asset materialization with no shared disk -----------------------------------------
@@ -418,7 +428,7 @@ def test_reexecution_and_single_asset_runs_read_the_manifests_from_the_store(s3_
         # folders go: the re-execution and the single-asset run, each in folders of their own, share no disk
         # with it but the Dagster instance (a database, as on Kubernetes).
         assert nothing_local(tmp_path / "first") == [] and temporary_left(place) == []
-        assert not (place.home / "storage" / "comfy_pipeline_manifests").exists()
+        assert ours_beside_instance(place) == []
         (tmp_path / "first").rmdir()
         place.tmp.rmdir()
 
@@ -469,7 +479,7 @@ def test_reexecution_and_single_asset_runs_read_the_manifests_from_the_store(s3_
             assert item["path"].startswith(f"{place.location}/runs/") and single_run in item["path"]
             assert_whole(place, item, tmp_path)
     assert temporary_left(place, again_tmp) == [] and temporary_left(place, single_tmp) == []
-    assert not (place.home / "storage" / "comfy_pipeline_manifests").exists()
+    assert ours_beside_instance(place) == []
     assert nothing_local(again_cwd) == [] and nothing_local(tmp_path / "single") == []
 
 
@@ -519,8 +529,7 @@ def test_a_prompt_dropped_into_the_inbox_on_the_store_runs_under_the_daemon(s3_s
     (note,) = [k for k in keys if k.startswith(f"{PREFIX}/inbox/rejected/") and k.endswith(".reason.txt")]
     assert "broken.json" in place.s3.read(place.bucket, note).decode()
     # The sensor kept nothing on the local disk: no inbox folder, no downloads left behind.
-    assert nothing_local(cwd) == []
-    assert [p for p in temporary_left(place) if "comfy" in p.name or "inbox" in p.name] == []
+    assert nothing_local(cwd) == [] and temporary_left(place) == [] and ours_beside_instance(place) == []
 
 
 # -- a kill mid-upload ------------------------------------------------------------------------------------------
