@@ -482,4 +482,5 @@ def _warm_up_report_imports() -> None:
 
 
 def _ledger_where(store: Store):  # TEMPORARY until the ledger takes a store (branch state)
-    return store.root if store.local else store
+    import tempfile
+    return store.root if store.local else Path(tempfile.gettempdir()) / "interim-ledger"
