@@ -161,3 +161,56 @@ def test_a_local_store_keeps_the_one_file_layout(tmp_path):
     assert [e.prompt_id for e in ledger.cancel_orphans(store, A, lambda _: None, lambda _: True,
                                                        only_run="run-1")] == ["p-1"]
     assert not (tmp_path / "out" / ".inflight").exists() or not list((tmp_path / "out" / ".inflight").iterdir())
+
+
+class _Servers:
+    """What a GPU step needs of the resource: its clients and the output store."""
+
+    max_in_flight, prompt_timeout, queue_timeout = 2, 120.0, 120.0
+
+    def __init__(self, clients: list, output_store):
+        self.clients, self.output_store = clients, output_store
+
+    def get_clients(self) -> list:
+        return self.clients
+
+    def server_info(self):
+        from comfy_pipeline.batch.records import ServerInfo
+
+        url = self.clients[0].url
+        return ServerInfo("simulator", url, (url,), "0.33.0", "simulated")
+
+
+def test_a_gpu_step_on_the_store_records_each_prompt_before_submitting_and_leaves_no_record(
+        simulator, store, s3_env, bucket, monkeypatch):
+    import logging
+
+    from comfy_pipeline.batch import step
+    from comfy_pipeline.batch.outputs import RunFolder
+    from comfy_pipeline.comfyui.client import ComfyUIClient
+    from comfy_pipeline.media import ImageThresholds
+    from comfy_pipeline.workflows.prompts import PromptSpec
+
+    written: list[tuple[str, str]] = []  # each record's prompt, and what the server knew of it then
+    put_bytes = store.put_bytes
+
+    def spy(key: str, data: bytes, **options) -> str:
+        if key.startswith(ledger.FOLDER):
+            prompt_id = json.loads(data)["prompt_id"]
+            written.append((prompt_id, client.status(prompt_id)))
+        return put_bytes(key, data, **options)
+
+    monkeypatch.setattr(store, "put_bytes", spy)
+    # step.py's interim shim kept a remote store's ledger in a local folder until the ledger took a store; once
+    # step.py hands the store itself over, this line changes nothing.
+    monkeypatch.setattr(step, "_ledger_where", lambda where: where, raising=False)
+    with ComfyUIClient(simulator.url) as client:
+        result = step.run_gpu_step(
+            step.IMAGES, [step.Source(i, PromptSpec(text=f"fox {i}", width=256, height=256, seed=i))
+                          for i in range(2)],
+            workflow_name="z_image_turbo_generation", prompt_ids=[], servers=_Servers([client], store),
+            thresholds=ImageThresholds(min_bytes=1), run_id="run-on-s3", run_folder=RunFolder.of(store, "run-on-s3", 0),
+            run_ended=lambda run_id: False, log=logging.getLogger("test"))
+    assert all(item.passed for item in result.items)
+    assert len(written) == 2 and [status for _, status in written] == ["unknown"] * 2  # recorded, then submitted
+    assert s3_env.keys(bucket, "team/out/.inflight/") == []
