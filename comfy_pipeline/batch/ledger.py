@@ -215,14 +215,13 @@ def _cancel_stored_orphans(store: Store, server: str, cancel: Callable[[str], No
     so two sweepers racing over the same dead run at worst both cancel a prompt, and deleting a deleted record
     is no error. Each record is deleted once its prompt is cancelled; one whose cancel failed stays for the next
     sweep."""
-    wanted = run_prefix(only_run) if only_run else None
     cancelled: list[Entry] = []
     # The listing is paged and sorted by key, so one run's records come together: one run in memory at a time.
-    listing = (o.key for o in store.objects(FOLDER) if o.key.endswith(".json") and o.key.count("/") == 2)
-    for prefix, keys in groupby(listing, key=lambda k: k.rsplit("/", 1)[0]):
+    # `only_run` lists that run's folder alone.
+    folder = run_prefix(only_run) if only_run else FOLDER
+    listing = (o.key for o in store.objects(folder) if o.key.endswith(".json") and o.key.count("/") == 2)
+    for _, keys in groupby(listing, key=lambda k: k.rsplit("/", 1)[0]):
         keys = list(keys)
-        if wanted and prefix != wanted:
-            continue
         records = _stored_entries(store, keys)
         first = next(records, None)
         if first is None or (only_run and first[1].run_id != only_run):
