@@ -23,7 +23,7 @@ from itertools import groupby
 from pathlib import Path
 
 from comfy_pipeline.batch import outputs
-from comfy_pipeline.storage import ObjectExists, ObjectMissing, Store, as_store
+from comfy_pipeline.storage import ObjectExists, ObjectMissing, Store, StoreError, as_store
 
 FOLDER = ".inflight"
 log = logging.getLogger(__name__)
@@ -74,8 +74,11 @@ class PromptLedger:
     def close(self) -> None:
         """Every prompt ended or was cancelled: nothing is left to clean up after this run."""
         if self.path is None:
-            for stored in list(self.store.objects(self.prefix)):
-                self.store.delete(stored.key)
+            try:
+                for stored in list(self.store.objects(self.prefix)):
+                    self.store.delete(stored.key)
+            except StoreError as exc:  # harmless: a later sweep finds the run ended, its prompts done
+                log.warning("could not delete the prompt records of run %s: %s", self.run_id, exc)
             return
         self.path.unlink(missing_ok=True)
         try:

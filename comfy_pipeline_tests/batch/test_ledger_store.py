@@ -152,6 +152,21 @@ def test_a_missing_bucket_is_a_store_error_that_says_so(s3_env):
         ledger.cancel_orphans(store, A, lambda _: None, lambda _: True)
 
 
+def test_a_record_that_cannot_be_deleted_does_not_fail_a_finished_run(store, monkeypatch, caplog):
+    record = ledger.PromptLedger(store, "done-run")
+    record.record("p-1", A)
+
+    def refuse(key: str) -> None:
+        raise StoreError(f"deleting {key}: access denied")
+
+    monkeypatch.setattr(store, "delete", refuse)
+    record.close()  # the run's work is done: a record left behind is swept later (its prompts long finished)
+    assert "could not delete the prompt records of run done-run" in caplog.text
+    monkeypatch.undo()
+    assert [e.prompt_id for e in ledger.cancel_orphans(store, A, lambda _: None, lambda _: True)] == ["p-1"]
+    assert not ledger.has_record(store, "done-run")
+
+
 def test_a_local_store_keeps_the_one_file_layout(tmp_path):
     store = open_store(str(tmp_path / "out"))
     record = ledger.PromptLedger(store, "run-1")
