@@ -77,7 +77,7 @@ class PromptLedger:
             try:
                 for stored in list(self.store.objects(self.prefix)):
                     self.store.delete(stored.key)
-            except StoreError as exc:  # harmless: a later sweep finds the run ended, its prompts done
+            except StoreError as exc:  # harmless: a later sweep of the ended run removes them
                 log.warning("could not delete the prompt records of run %s: %s", self.run_id, exc)
             return
         self.path.unlink(missing_ok=True)

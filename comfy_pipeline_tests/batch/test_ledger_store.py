@@ -163,8 +163,8 @@ def test_a_record_that_cannot_be_deleted_does_not_fail_a_finished_run(store, mon
     record.close()  # the run's work is done: a record left behind is swept later (its prompts long finished)
     assert "could not delete the prompt records of run done-run" in caplog.text
     monkeypatch.undo()
-    assert [e.prompt_id for e in ledger.cancel_orphans(store, A, lambda _: None, lambda _: True)] == ["p-1"]
-    assert not ledger.has_record(store, "done-run")
+    swept = ledger.cancel_orphans(store, A, lambda _: None, lambda _: True, only_run="done-run")
+    assert [e.prompt_id for e in swept] == ["p-1"] and not ledger.has_record(store, "done-run")
 
 
 def test_a_local_store_keeps_the_one_file_layout(tmp_path):
