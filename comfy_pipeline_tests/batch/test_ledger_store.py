@@ -216,9 +216,6 @@ def test_a_gpu_step_on_the_store_records_each_prompt_before_submitting_and_leave
         return put_bytes(key, data, **options)
 
     monkeypatch.setattr(store, "put_bytes", spy)
-    # step.py's interim shim kept a remote store's ledger in a local folder until the ledger took a store; once
-    # step.py hands the store itself over, this line changes nothing.
-    monkeypatch.setattr(step, "_ledger_where", lambda where: where, raising=False)
     with ComfyUIClient(simulator.url) as client:
         result = step.run_gpu_step(
             step.IMAGES, [step.Source(i, PromptSpec(text=f"fox {i}", width=256, height=256, seed=i))
