@@ -164,3 +164,15 @@ def test_docker_compose_accepts_the_override(override, tmp_path):
     proc = subprocess.run(["docker", "compose", "-f", BASE, "-f", override, "config", "-q"], cwd=DEPLOY, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_has_a_short_outputs_on_s3_section_pointing_at_files_that_exist():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Outputs on S3\n", 1)[1].split("\n## ", 1)[0]
+    for needed in ("COMFY_PIPELINE_OUTPUT_DIR=s3://", "AWS_ENDPOINT_URL", "s3_endpoint_url",
+                   "AWS_WEB_IDENTITY_TOKEN_FILE", "runs/<UTC time>_<run id>/{images,videos,reports}/", "manifests/",
+                   "inbox/rejected/", "failures/", ".inflight/", "multipart", "AbortIncompleteMultipartUpload"):
+        assert needed in section, needed
+    for linked in re.findall(r"\]\(([^)#]+)\)", section):
+        assert (REPO / linked).exists(), linked
+    assert readme.index("\n## Main options") < readme.index("\n## Outputs on S3")
