@@ -132,7 +132,7 @@ def _upload(client: str, bucket: str, source: Path) -> tuple[int, int, float, st
 
 
 def _reset_peak() -> int:
-    """Set VmHWM to VmRSS now, so the peak read later is the download's alone; returns that VmRSS (kB)."""
+    """Set VmHWM to VmRSS now, so the peak read later is the transfer's alone; returns that VmRSS (kB)."""
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     return status_kb("VmRSS")

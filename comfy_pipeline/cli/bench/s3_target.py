@@ -33,14 +33,17 @@ class S3Target:
     def client(self):
         import boto3
 
-        env = {**os.environ, **self.env}
+        env = self.subprocess_env()
         return boto3.session.Session(
             aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
             aws_session_token=env.get("AWS_SESSION_TOKEN"), region_name=env.get("AWS_DEFAULT_REGION", "us-east-1"),
         ).client("s3", endpoint_url=self.endpoint)
 
     def subprocess_env(self) -> dict[str, str]:
-        return {**os.environ, **self.env, "AWS_ENDPOINT_URL": self.endpoint}
+        """With throwaway credentials, none of this machine's AWS settings (its real keys never reach the server);
+        without, this machine's AWS chain."""
+        inherited = {k: v for k, v in os.environ.items() if not (self.env and k.startswith("AWS_"))}
+        return {**inherited, **self.env, "AWS_ENDPOINT_URL": self.endpoint}
 
 
 def moto_available() -> bool:
