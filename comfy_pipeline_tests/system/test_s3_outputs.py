@@ -507,8 +507,9 @@ def test_a_prompt_dropped_into_the_inbox_on_the_store_runs_under_the_daemon(s3_s
                     runs = instance.get_runs(dg.RunsFilter(tags={"comfy_pipeline/inbox_file": "foxes.json"}))
                     return [r for r in runs if r.is_finished]
 
-                done = wait_until(finished, timeout=900)
-                assert done, log.read_text(errors="replace")[-5000:]
+                sensor_failed = "execution of evaluation_fn for sensor prompt_inbox_sensor"  # fail at once then
+                done = wait_until(lambda: finished() or sensor_failed in log.read_text(errors="replace"), 900)
+                assert finished(), log.read_text(errors="replace")[-5000:] if done else "no run within 900 s"
                 (run,) = finished()
                 rejected = wait_until(lambda: place.keys("inbox/rejected/"), timeout=300)
                 assert rejected, (place.keys(), log.read_text(errors="replace")[-3000:])
