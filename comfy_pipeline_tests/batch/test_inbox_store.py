@@ -32,7 +32,7 @@ def s3_calls(monkeypatch) -> list[tuple[str, str | None]]:
         if id(made) not in counted:
             counted.add(id(made))
             made.meta.events.register(
-                "before-call.s3", lambda model, params, **_: calls.append((model.name, params.get("Key"))))
+                "before-parameter-build.s3", lambda model, params, **_: calls.append((model.name, params.get("Key"))))
         return made
 
     monkeypatch.setattr(S3Store, "client", property(client))
