@@ -79,7 +79,8 @@ def png(color: str = "red") -> bytes:
 
 def test_a_settled_prompt_runs_once_per_content(instance, comfy, store, s3_calls):
     store.put_bytes("inbox/fox.txt", b"a red fox in snow\n")
-    store.put_bytes("inbox/batch.json", json.dumps([{"text": "a lighthouse", "seed": 3}, {"text": "a harbour"}]).encode())
+    batch = [{"text": "a lighthouse", "seed": 3}, {"text": "a harbour"}]
+    store.put_bytes("inbox/batch.json", json.dumps(batch).encode())
     result, cursor = tick(instance, comfy)
     first = {r.tags["comfy_pipeline/inbox_file"]: r for r in requests(result)}
     assert set(first) == {"batch.json", "fox.txt"}
