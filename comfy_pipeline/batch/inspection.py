@@ -116,14 +116,15 @@ def inspect_video(path: Path, shape: OutputShape, workflow: Workflow, thresholds
     return Inspection(found, facts, shown, time.monotonic() - started, dict(validation.measures))
 
 
-def describe(spec: PromptSpec, image: Path | None, result: JobResult, workflow: Workflow, server: ServerInfo,
-             found: Inspection, attempt: int = 1) -> OutputItem:
+def describe(spec: PromptSpec, image: str | Path | None, result: JobResult, workflow: Workflow, server: ServerInfo,
+             found: Inspection, attempt: int = 1, stored_as: str | None = None) -> OutputItem:
+    """One output as the metadata and the reports record it: `stored_as`, where it was published (a path or an
+    s3:// URI), is its path; the local file it was checked in gives its size and hash."""
     shape = OutputShape.of(workflow, result.job.values)
-    """One output as the metadata and the reports record it."""
     path = result.files[0]
     timings = {**{k: round(v, 4) for k, v in result.timings.items()}, "validation": round(found.seconds, 4)}
     return OutputItem(
-        job=result.job.key, prompt=spec.text, spec=spec, path=str(path), checks=found.checks,
+        job=result.job.key, prompt=spec.text, spec=spec, path=stored_as or str(path), checks=found.checks,
         workflow=workflow.name, workflow_sha256=workflow.sha256, prompt_id=result.prompt_id, backend=server.backend,
         comfyui_url=result.server or server.url, comfyui_version=server.comfyui_version, gpu=server.gpu,
         size_bytes=path.stat().st_size, sha256=sha256_file(path), timings_s=timings,

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from comfy_pipeline.storage import ObjectExists, Store, join_key
+from comfy_pipeline.storage import LocalStore, ObjectExists, Store, join_key
 from comfy_pipeline.storage.local import write_atomic as _write_atomic
 
 KINDS = ("images", "videos", "reports")
-STALE_PART_S = 3600  # a .part file untouched this long belongs to a download that died
 
 
 class OutputPathError(ValueError):
@@ -132,12 +131,14 @@ class RunFolder:
     def write_json(self, kind: str, name: str, value: Any, *, replace: bool = False) -> str:
         """`<run folder>/<kind>/<name>` (a report), written whole; its URI. A taken name is an OutputPathError
         unless `replace` (a retried step rewrites its listing)."""
+        return self.write_bytes(kind, name, json_bytes(value), replace=replace)
+
+    def write_bytes(self, kind: str, name: str, data: bytes, *, replace: bool = False) -> str:
         if kind not in KINDS:
             raise OutputPathError(f"unknown output kind {kind!r}; one of {KINDS}")
         confined(Path("/"), name)
         try:
-            return self.store.uri(self.store.put_bytes(join_key(self.key, kind, name), json_bytes(value),
-                                                       replace=replace))
+            return self.store.uri(self.store.put_bytes(join_key(self.key, kind, name), data, replace=replace))
         except ObjectExists as exc:
             raise OutputPathError(str(exc)) from None
 
@@ -172,17 +173,5 @@ def sweep_unfinished(store: Store, run_ended: Callable[[str], bool]) -> list[str
 def remove_stale_parts(output_dir: str | Path, run_ended: Callable[[str], bool]) -> list[Path]:
     """Delete the hidden `.part` files that dead runs left in their run folders (a `kill -9` mid-download):
     those of runs that Dagster says ended, and any untouched for STALE_PART_S. A live run's are never touched."""
-    removed = []
-    now = time.time()
-    runs = Path(output_dir) / "runs"
-    # runs/<run>/images/ and, for a component asset's own folder, runs/<run>/images/<key>/
-    for part in [*runs.glob("*/*/.*.part"), *runs.glob("*/*/*/.*.part")]:
-        run_id = part.relative_to(runs).parts[0].split("_", 1)[-1]
-        try:
-            stale = now - part.stat().st_mtime > STALE_PART_S or run_ended(run_id)
-            if stale:
-                part.unlink()
-                removed.append(part)
-        except FileNotFoundError:
-            continue  # finished and renamed meanwhile
-    return removed
+    store = LocalStore(output_dir)
+    return [store.root / key for key in sweep_unfinished(store, run_ended)]

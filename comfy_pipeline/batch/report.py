@@ -10,7 +10,6 @@ the reason, never the server's traceback). The JSON keeps each row's full check 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from comfy_pipeline.batch import outputs
@@ -135,8 +134,8 @@ class Report:
     frame: Any  # pandas.DataFrame of COLUMNS (the CSV)
     backend: str
     timings: dict[str, float]
-    json_path: Path
-    csv_path: Path
+    json_path: str  # a path, or an s3:// URI
+    csv_path: str
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -174,9 +173,9 @@ class Report:
                 + "\n".join(lines[:max_lines] + more))
 
 
-def write_report(folder: Path, run_id: str, produced: Mapping[str, GenerationManifest]) -> Report:
-    """`produced`: asset name -> its manifest. Writes validation_report.json (the counts, each asset's batch
-    figures, every row with its checks) and validation_report.csv (the rows, flat)."""
+def write_report(run_folder: outputs.RunFolder, run_id: str, produced: Mapping[str, GenerationManifest]) -> Report:
+    """`produced`: asset name -> its manifest. Writes the run folder's reports/validation_report.json (the counts,
+    each asset's batch figures, every row with its checks) and reports/validation_report.csv (the rows, flat)."""
     import pandas as pd  # here, not at module level: loading the Dagster definitions stays fast
 
     rows, timings, backends = [], {}, set()
@@ -187,7 +186,7 @@ def write_report(folder: Path, run_id: str, produced: Mapping[str, GenerationMan
         rows += output_rows(asset_name, manifest)
     frame = pd.DataFrame([{c: row[c] for c in COLUMNS} for row in rows], columns=COLUMNS)
     backend = ", ".join(sorted(backends))
-    report = Report(rows, frame, backend, timings, Path(), Path())
+    report = Report(rows, frame, backend, timings, "", "")
     summary = {
         "run_id": run_id, "backend": backend, "outputs": report.outputs, "passed": report.passed,
         "failed": len(report.failed), "failed_outputs": report.failed_outputs,
@@ -196,7 +195,7 @@ def write_report(folder: Path, run_id: str, produced: Mapping[str, GenerationMan
         "batches": {name: batch_figures(manifest) for name, manifest in produced.items()},
         "timings_s": timings, "columns": COLUMNS, "rows": rows,
     }
-    report.json_path = outputs.write_json(outputs.confined(folder, "validation_report.json"), summary)
+    report.json_path = run_folder.write_json("reports", "validation_report.json", summary)
     csv = frame.to_csv(index=False).encode("utf-8")
-    report.csv_path = outputs.write_atomic(outputs.confined(folder, "validation_report.csv"), csv)
+    report.csv_path = run_folder.write_bytes("reports", "validation_report.csv", csv)
     return report

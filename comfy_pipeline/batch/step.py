@@ -34,6 +34,7 @@ from comfy_pipeline.batch.report import batch_figures, failure_lines, output_row
 from comfy_pipeline.batch.runner import BatchInterrupted, JobResult, run_batch
 from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
 from comfy_pipeline.media import CONTENT_CHECKS, ContentThresholds, MediaError, probe_image
+from comfy_pipeline.storage import ObjectMissing, Store, is_store_url, open_uri
 from comfy_pipeline.workflows.prompts import PromptSpec
 from comfy_pipeline.workflows.workflow import Workflow, WorkflowError, load_workflow
 
@@ -45,7 +46,7 @@ class StepInputError(ValueError):
 class Servers(Protocol):
     """What a step needs of its ComfyUI server(s): the Dagster resource (defs.resources.ComfyUIResource) is one."""
 
-    output_path: Path
+    output_store: Store
     max_in_flight: int
     prompt_timeout: float
     queue_timeout: float
@@ -78,8 +79,13 @@ class Source:
 
     index: int
     spec: PromptSpec
-    image: Path | None = None
+    image: Path | None = None  # a local file (an image kept on an object store is fetched to one first)
     attempt: int = 1  # 2, 3, ...: queued again after a content check failed (content_retries)
+    image_uri: str = ""  # where the image is kept when that is an object store (s3://...): what records name
+
+    @property
+    def image_name(self) -> str | None:
+        return self.image_uri or (None if self.image is None else str(self.image))
 
     def again(self, max_seed: int | None = None) -> "Source":
         """The next attempt: the same prompt with the next seed (0 after the workflow's largest)."""
@@ -142,11 +148,10 @@ class StepOutcome:
         more = len(self.items) - count
         return "\n\n".join(shown + ([f"({more} more outputs: see items_json)"] if more > 0 else []))
 
-    def write_listing(self, run_folder: Path, name: str) -> Path:
+    def write_listing(self, run_folder: outputs.RunFolder, name: str) -> str:
         """The items report, `reports/<name>_items.json`: every output and failed prompt, with the server's
-        traceback of each failed one. A retried step rewrites it."""
-        path = outputs.kind_dir(run_folder, "reports") / f"{name}_items.json"
-        return outputs.write_json(path, self.manifest().listing_json(), replace=True)
+        traceback of each failed one. A retried step rewrites it. Its path (or URI)."""
+        return run_folder.write_json("reports", f"{name}_items.json", self.manifest().listing_json(), replace=True)
 
     def facts(self) -> dict[str, Any]:
         """Facts of the whole batch for the UI, the same few however many prompts: the servers, the workflow, the
@@ -220,7 +225,7 @@ def content_failure(item: OutputItem) -> bool:
 
 
 def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: str | Path, prompt_ids: Sequence[str],
-                 servers: Servers, thresholds: Any, run_id: str, run_folder: Path,
+                 servers: Servers, thresholds: Any, run_id: str, run_folder: outputs.RunFolder,
                  run_ended: Callable[[str], bool], log: Any,
                  on_server: Callable[[ServerInfo], None] | None = None,
                  content: ContentThresholds = ContentThresholds(), content_retries: int = 0,
@@ -234,7 +239,9 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
     before any prompt is queued. The workflow is looked up in the workflows folders, or in `workflow_folder` (a
     component's own); `fixed` are parameter values for every prompt, over the prompts' own; `output_subfolder`
     keeps an asset's outputs apart from others' of the same kind in the run folder (and on the server);
-    `workflow_kind`: the kind the step runs (a workflow of another kind, named in run config, is refused)."""
+    `workflow_kind`: the kind the step runs (a workflow of another kind, named in run config, is refused).
+    Files are made and checked in the run folder's staging folder, then published to the run folder (on an
+    object store: uploaded whole) before they are described; images kept on an object store are fetched first."""
     if content_retries < 0:
         raise StepInputError(f"content_retries must be 0 or more, got {content_retries}")
     loading_started = time.monotonic()
@@ -248,9 +255,21 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
         log.warning(f"not answering, left out of this step: {problem}")
     if on_server is not None:
         on_server(server)
-    folder = outputs.kind_dir(run_folder, kind.folder, output_subfolder)
+    with run_folder.staging() as staging:
+        return _run_rounds(kind, sources, workflow, workflow_load_s, prompt_ids, servers, server, run_id, run_folder,
+                           staging, run_ended, log, thresholds, content, content_retries, fixed, output_subfolder)
+
+
+def _run_rounds(kind: OutputKind, sources: Sequence[Source], workflow: Workflow, workflow_load_s: float,
+                prompt_ids: Sequence[str], servers: Servers, server: ServerInfo, run_id: str,
+                run_folder: outputs.RunFolder, staging: Path, run_ended: Callable[[str], bool], log: Any,
+                thresholds: Any, content: ContentThresholds, content_retries: int, fixed: Mapping[str, Any] | None,
+                output_subfolder: str) -> StepOutcome:
+    """The step's rounds: every source, then the content retries, until none is left."""
+    folder = outputs.kind_dir(staging, kind.folder, output_subfolder)
     cancel_orphans(servers, server, run_ended, log)
     ids = chosen_prompt_ids(prompt_ids, len(sources))
+    sources = fetch_images(sources, staging / "inputs", servers.output_store)
     _warm_up_report_imports()
     kept: dict[int, OutputItem | FailedPrompt] = {}  # by source index: the attempt each prompt ends with
     errors: dict[int, BaseException] = {}
@@ -260,7 +279,8 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
     with ThreadPoolExecutor(max_workers=2) as pool:
         while round_sources:
             made = _run_round(kind, round_sources, round_ids, workflow, servers, server, run_id, folder, pool,
-                              thresholds, content, log, fixed or {}, output_subfolder)
+                              thresholds, content, log, fixed or {}, output_subfolder,
+                              lambda file: run_folder.publish(staging, file))
             again = []
             for source, found in made:
                 if isinstance(found, OutputItem) and content_failure(found) and source.attempt <= content_retries:
@@ -285,26 +305,29 @@ def run_gpu_step(kind: OutputKind, sources: Sequence[Source], *, workflow_name: 
 def _run_round(kind: OutputKind, sources: Sequence[Source], ids: Sequence[str | None], workflow: Workflow,
                servers: Servers, server: ServerInfo, run_id: str, folder: Path, pool: ThreadPoolExecutor,
                thresholds: Any, content: ContentThresholds, log: Any, fixed: Mapping[str, Any],
-               subfolder: str) -> list[tuple[Source, Any]]:
-    """One batch of the step: each source with its described output, or (its FailedPrompt, the error)."""
+               subfolder: str, publish: Callable[[Path], str]) -> list[tuple[Source, Any]]:
+    """One batch of the step: each source with its described output, or (its FailedPrompt, the error). Each
+    output is checked, then published (`publish`: its final path or URI), while the GPU works on the next."""
     jobs = [plan.gpu_job(kind.folder, s.index, s.spec, s.image, workflow, run_id, folder, ids[n], attempt=s.attempt,
                          fixed=fixed, subfolder=subfolder) for n, s in enumerate(sources)]
     source_of = {job.key: source for job, source in zip(jobs, sources)}
     checking = {}
 
+    def check_and_publish(file: Path, shape: OutputShape, image: Path | None) -> tuple[Inspection, str]:
+        return kind.inspect(file, shape, workflow, thresholds, content, image), publish(file)
+
     def check_when_home(result: JobResult) -> None:  # while the GPU works on the next prompts
         source = source_of[result.job.key]
         shape = OutputShape.of(workflow, result.job.values)
-        checking[result.job.key] = pool.submit(kind.inspect, result.files[0], shape, workflow, thresholds, content,
-                                               source.image)
+        checking[result.job.key] = pool.submit(check_and_publish, result.files[0], shape, source.image)
 
     results = _run(servers, server, jobs, run_id, check_when_home, log)
     made: list[tuple[Source, Any]] = []
     for source, result in zip(sources, results):
         if result.ok:  # every output was handed to the checks
-            found = checking[result.job.key].result()
-            made.append((source, describe(source.spec, source.image, result, workflow, server, found,
-                                          attempt=source.attempt)))
+            found, stored_as = checking[result.job.key].result()
+            made.append((source, describe(source.spec, source.image_name, result, workflow, server, found,
+                                          attempt=source.attempt, stored_as=stored_as)))
         else:
             failure = FailedPrompt.of(result.job.key, source.spec, result.error, result.prompt_id, result.server)
             made.append((source, (failure, result.error)))
@@ -321,22 +344,53 @@ def sources_from_images(images: GenerationManifest, asset: str = "generated_imag
         why = ":\n" + "\n".join(broken[:MAX_LINES]) if broken else "."
         raise StepInputError(f"No usable input image: every image of {asset} (run {run}) failed its "
                              f"checks{why}")
-    return [Source(int(item.job.rsplit(" ", 1)[-1]), item.spec, Path(item.path)) for item in usable]
+    return [_source(int(item.job.rsplit(" ", 1)[-1]), item.spec, item.path) for item in usable]
 
 
 def sources_from_files(spec: PromptSpec, paths: Sequence[str]) -> list[Source]:
-    """The video step's sources from image files the run config names: every one is probed before any prompt
-    is queued."""
-    sources = []
-    for i, raw in enumerate(paths):
-        image = Path(raw).expanduser()
-        try:
-            probe_image(image)
-        except MediaError as exc:
-            raise StepInputError(f"input image cannot be used: {exc}. Give the path of a PNG, JPEG or WebP "
-                                 "image.") from None
-        sources.append(Source(i, spec, image))
+    """The video step's sources from image files the run config names: every local one is probed before any
+    prompt is queued (one on an object store when it is fetched, still before any is queued)."""
+    sources = [_source(i, spec, raw) for i, raw in enumerate(paths)]
+    for source in sources:
+        if source.image is not None:
+            _probe_input(source.image, source.image_name)
     return sources
+
+
+def _source(index: int, spec: PromptSpec, image: str) -> Source:
+    if is_store_url(image):
+        return Source(index, spec, image_uri=image)
+    return Source(index, spec, Path(image).expanduser())
+
+
+def _probe_input(image: Path, name: str | None) -> None:
+    try:
+        probe_image(image)
+    except MediaError as exc:
+        where = f" ({name})" if name and name != str(image) else ""
+        raise StepInputError(f"input image cannot be used{where}: {exc}. Give the path (or s3:// URI) of a PNG, "
+                             "JPEG or WebP image.") from None
+
+
+def fetch_images(sources: Sequence[Source], folder: Path, output_store: Store) -> list[Source]:
+    """The sources with every image kept on an object store fetched into `folder` (streamed) and probed. One in
+    another bucket is fetched through the output store's endpoint."""
+    fetched = []
+    for source in sources:
+        if source.image is None and source.image_uri:
+            key = output_store.key_of(source.image_uri)
+            store = output_store
+            try:
+                if key is None:
+                    store, key = open_uri(source.image_uri, endpoint_url=getattr(output_store, "endpoint_url", None))
+                image = store.get_file(key, folder)
+            except ObjectMissing:
+                raise StepInputError(f"input image {source.image_uri} does not exist. Give the URI of an image "
+                                     "that does.") from None
+            _probe_input(image, source.image_uri)
+            source = dataclasses.replace(source, image=image)
+        fetched.append(source)
+    return fetched
 
 
 def output_shapes(items: Sequence[OutputItem]) -> dict[str, str]:
@@ -387,19 +441,19 @@ def cancel_orphans(servers: Servers, server: ServerInfo, run_ended: Callable[[st
     for client in servers.get_clients():
         if client.url not in server.servers:
             continue  # not answering: swept once it is back
-        found = ledger.cancel_orphans(servers.output_path, client.url, client.cancel, run_ended)
+        found = ledger.cancel_orphans(_ledger_where(servers.output_store), client.url, client.cancel, run_ended)
         for dead_run in sorted({e.run_id for e in found}):
             ids = [e.prompt_id for e in found if e.run_id == dead_run]
             log.warning(f"run {dead_run} died with {len(ids)} prompt(s) on {client.url}; cancelled them "
                         "there: " + ", ".join(ids))
-    for part in outputs.remove_stale_parts(servers.output_path, run_ended):
-        log.info(f"removed {part}, a partial download a dead run left behind")
+    for part in outputs.sweep_unfinished(servers.output_store, run_ended):
+        log.info(f"removed {part}, a partial output a dead run left behind")
 
 
 def _run(servers: Servers, server: ServerInfo, jobs: list, run_id: str, on_result: Callable[[JobResult], None],
          log: Any) -> list[JobResult]:
     clients = [c for c in servers.get_clients() if c.url in server.servers]  # those that answered
-    record = ledger.PromptLedger(servers.output_path, run_id)
+    record = ledger.PromptLedger(_ledger_where(servers.output_store), run_id)
     try:
         with interrupt_flag() as stop:
             results = run_batch(
@@ -425,3 +479,8 @@ def _warm_up_report_imports() -> None:
     """Import pandas (for the report) in the background while the GPU works, instead of after it."""
     if "pandas" not in sys.modules:
         threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
+
+
+def _ledger_where(store: Store):  # TEMPORARY until the ledger takes a store (branch state)
+    import tempfile
+    return store.root if store.local else Path(tempfile.gettempdir()) / "interim-ledger"

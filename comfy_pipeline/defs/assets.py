@@ -16,14 +16,14 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from comfy_pipeline.batch import outputs, step
+from comfy_pipeline.batch import step
 from comfy_pipeline.batch.records import GenerationManifest, PromptManifest, ReportManifest
 from comfy_pipeline.batch.report import batch_figures, verdict, write_report
 from comfy_pipeline.defs.config import PromptConfig
 from comfy_pipeline.defs.io_manager import LATEST
 from comfy_pipeline.defs.metadata import MAX_TABLE_ROWS, lineage_metadata, numbers, rows_table
 from comfy_pipeline.defs.resources import ComfyUIResource
-from comfy_pipeline.defs.step_results import permanent_failure, run_folder_of
+from comfy_pipeline.defs.step_results import permanent_failure, run_folder_of, store_failure
 from comfy_pipeline.defs.workflow_asset import HOLDS_TAG
 from comfy_pipeline.workflows.prompts import check_specs, library_specs
 
@@ -71,7 +71,8 @@ def validation_report(
     if not produced:
         raise dg.Failure(description="Nothing to report: neither generated_image nor ltx2_video has been "
                          "materialized. Run image_to_video_job first.", allow_retries=False)
-    report = write_report(outputs.kind_dir(run_folder_of(context, comfy), "reports"), context.run_id, produced)
+    with store_failure():
+        report = write_report(run_folder_of(context, comfy), context.run_id, produced)
     said = verdict(report.rows)
     context.log.info(f"validation report: {said[:500]} -> {report.json_path}")
     counts = numbers({
@@ -80,12 +81,12 @@ def validation_report(
         "validation_s": round(sum(batch_figures(m)["validation_s"] for m in produced.values()), 4),
     })
     yield dg.MaterializeResult(
-        value=ReportManifest(str(report.json_path), str(report.csv_path), report.passed,
+        value=ReportManifest(report.json_path, report.csv_path, report.passed,
                              len(report.failed)).to_json(),
         metadata={
             "backend": report.backend, **counts,
-            "report_json": dg.MetadataValue.path(str(report.json_path)),
-            "report_csv": dg.MetadataValue.path(str(report.csv_path)),
+            "report_json": dg.MetadataValue.path(report.json_path),
+            "report_csv": dg.MetadataValue.path(report.csv_path),
             "timings_s": dg.MetadataValue.json(report.timings),
             **rows_table("report", report.rows, with_asset=True),
             "dagster/row_count": len(report.rows),
@@ -93,7 +94,7 @@ def validation_report(
         },
         check_results=[dg.AssetCheckResult(
             check_name="all_outputs_valid", passed=not report.failed,
-            metadata={**counts, "report_json": dg.MetadataValue.path(str(report.json_path)),
+            metadata={**counts, "report_json": dg.MetadataValue.path(report.json_path),
                       **(rows_table("failed_rows", report.failed, with_asset=True) if report.failed else {})},
             description=said[:2000],
         )],

@@ -13,6 +13,7 @@ from comfy_pipeline.batch.records import COMFYUI, SIMULATOR, ServerInfo
 from comfy_pipeline.comfyui.errors import ComfyUIError, NoServerConfigured
 from comfy_pipeline.comfyui.redaction import redact_url
 from comfy_pipeline.media import CONTENT_CHECKS, ContentThresholds, ImageThresholds, VideoThresholds
+from comfy_pipeline.storage import Store
 
 
 class ComfyUIResource(dg.ConfigurableResource):
@@ -69,7 +70,14 @@ class ComfyUIResource(dg.ConfigurableResource):
     )
     output_dir: str | None = Field(
         default=None,
-        description="Where outputs go (env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).",
+        description="Where outputs go: a local folder, or s3://bucket/prefix on an S3-compatible store "
+                    "(env COMFY_PIPELINE_OUTPUT_DIR; default ./comfy_outputs).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="The S3 API endpoint of an S3-compatible store (MinIO, R2, GCS); default AWS_ENDPOINT_URL, else "
+                    "AWS S3. Credentials come from the standard AWS chain (environment, profile, web identity), "
+                    "never from run config.",
     )
     client_id: str | None = Field(
         default=None,
@@ -81,13 +89,23 @@ class ComfyUIResource(dg.ConfigurableResource):
 
     _clients: list = PrivateAttr(default_factory=list)  # ComfyUIClients, made on first use
     _simulator: Any = PrivateAttr(default=None)
+    _store: Any = PrivateAttr(default=None)
     _connect_seconds: float = PrivateAttr(default=0.0)
     _deployment: bool = PrivateAttr(default=False)  # the run's instance is a deployment's: no silent simulator
 
     @property
     def output_path(self) -> Path:
-        """The output folder; like the URL it falls back to the environment when the run config leaves it out."""
+        """The output folder, for what only a local one has; like the URL it falls back to the environment when
+        the run config leaves it out. An s3:// output location is a SettingError here: use output_store."""
         return settings.output_dir(self.output_dir)
+
+    @property
+    def output_store(self) -> Store:
+        """Where outputs go, a local folder or an object store (one per resource: its client is reused)."""
+        location = settings.output_location(self.output_dir)
+        if self._store is None or self._store.location != location:
+            self._store = settings.output_store(location, endpoint_url=self.s3_endpoint_url)
+        return self._store
 
     @property
     def display_url(self) -> str:

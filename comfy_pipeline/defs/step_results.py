@@ -21,6 +21,7 @@ from comfy_pipeline.batch.runner import BatchInterrupted
 from comfy_pipeline.comfyui.errors import ComfyUIError, is_transient
 from comfy_pipeline.defs.metadata import lineage_metadata, numbers, rows_table
 from comfy_pipeline.defs.resources import ComfyUIResource, QualityThresholds
+from comfy_pipeline.storage import StoreError
 from comfy_pipeline.workflows.prompts import PromptError
 from comfy_pipeline.workflows.workflow import WorkflowError
 
@@ -80,9 +81,12 @@ def run_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, quality:
     except (ComfyUIError, WorkflowError, step.StepInputError) as exc:
         fail(context, str(exc), {**failure_metadata(exc), "comfyui_url": comfy.display_url},
              transient=is_transient(exc), plan=plan)
+    except StoreError as exc:  # the output store refused or cannot be reached: its message says what to fix
+        fail(context, f"The output store failed: {exc}", failure_metadata(exc), transient=False, plan=plan)
     if not outcome.items:
         fail(context, outcome.summary(), failure_metadata(outcome.errors[0]), transient=outcome.transient, plan=plan)
-    listing = outcome.write_listing(run_folder, context.asset_key.to_python_identifier())
+    with store_failure():
+        listing = outcome.write_listing(run_folder, context.asset_key.to_python_identifier())
     yield _materialize(context, plan.check, outcome, listing, lineage, carried)
     lost = bool(outcome.failed or outcome.broken or carried)
     if lost and not _downstream_in_run(context):
@@ -96,7 +100,7 @@ def run_step(context: dg.AssetExecutionContext, comfy: ComfyUIResource, quality:
                             "their checks; the good ones go on, and the run fails at its end naming them")
 
 
-def _materialize(context: dg.AssetExecutionContext, check: str, outcome: step.StepOutcome, listing: Path,
+def _materialize(context: dg.AssetExecutionContext, check: str, outcome: step.StepOutcome, listing: str,
                  lineage: dict[str, Lineage | None], carried: Sequence[str]) -> dg.MaterializeResult:
     """The manifest (the asset's value) and the metadata the UI shows. The metadata stays the same size however
     many prompts a run has: the batch's facts and figures (numbers the UI plots run after run), at most
@@ -104,7 +108,7 @@ def _materialize(context: dg.AssetExecutionContext, check: str, outcome: step.St
     outputs is `listing`, which the metadata points to."""
     manifest, rows = outcome.manifest(), outcome.rows(context.asset_key.to_user_string())
     metadata = {
-        **numbers(outcome.facts()), "output_folder": dg.MetadataValue.path(str(Path(outcome.items[0].path).parent)),
+        **numbers(outcome.facts()), "output_folder": dg.MetadataValue.path(outcome.items[0].path.rsplit("/", 1)[0]),
         "timings_s": dg.MetadataValue.json(dict(manifest.timings_s)), "items_json": dg.MetadataValue.path(str(listing)),
         "outputs_per_server": dg.MetadataValue.json(outcome.outputs_per_server()),
         PREVIEWS_LABEL: dg.MetadataValue.md(outcome.previews(MAX_PREVIEWS)), **lineage_metadata(lineage),
@@ -159,10 +163,14 @@ def run_has_ended(instance: dg.DagsterInstance, run_id: str) -> bool:
     return run is None or run.is_finished
 
 
-def run_folder_of(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> Path:
+def run_folder_of(context: dg.AssetExecutionContext, comfy: ComfyUIResource) -> outputs.RunFolder:
+    """The run's folder on the output store, named after the run's creation time (the same for every step)."""
     record = context.instance.get_run_record_by_id(context.run_id)
     started = record.create_timestamp.timestamp() if record else time.time()
-    return outputs.run_dir(comfy.output_path, context.run_id, started)
+    try:
+        return outputs.RunFolder.of(comfy.output_store, context.run_id, started)
+    except settings.SettingError as exc:  # a malformed s3:// location
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
 def _downstream_in_run(context: dg.AssetExecutionContext) -> bool:
@@ -177,6 +185,16 @@ def _downstream_in_run(context: dg.AssetExecutionContext) -> bool:
     executing = ({key for key in below if key.to_python_identifier() in steps} if steps is not None
                  else below & set(context.job_def.asset_layer.executable_asset_keys))
     return bool(executing)
+
+
+@contextlib.contextmanager
+def store_failure() -> Iterator[None]:
+    """Writing to the output store failed (a missing bucket, denied access, an endpoint down): a Failure saying
+    what to fix, never a traceback."""
+    try:
+        yield
+    except StoreError as exc:
+        raise dg.Failure(description=f"The output store failed: {exc}", allow_retries=False) from None
 
 
 @contextlib.contextmanager

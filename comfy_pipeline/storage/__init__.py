@@ -8,6 +8,7 @@ No Dagster here.
 """
 
 import os
+from pathlib import Path
 
 from comfy_pipeline.storage.base import (
     ObjectExists,
@@ -31,6 +32,20 @@ def open_store(location: str, *, endpoint_url: str | None = None) -> Store:
     return LocalStore(location)
 
 
+def open_uri(uri: str, *, endpoint_url: str | None = None) -> tuple[Store, str]:
+    """The store holding one object and its key: `s3://bucket/a/b.png` -> (the bucket, "a/b.png"); a local
+    path -> (its folder, its name)."""
+    if is_store_url(uri):
+        from comfy_pipeline.storage.s3 import S3Store
+
+        bucket_url, _, key = uri[len("s3://"):].partition("/")
+        if not key:
+            raise StoreError(f"{uri} names a bucket, not an object: give s3://bucket/path/to/file")
+        return S3Store.from_url(f"s3://{bucket_url}", endpoint_url=endpoint_url), key
+    path = Path(uri).expanduser().absolute()
+    return LocalStore(path.parent), path.name
+
+
 def as_store(where: "Store | str | os.PathLike") -> Store:
     """A store from a store (as is), a local folder or an `s3://` location: for functions that took a folder."""
     if isinstance(where, (str, os.PathLike)):
@@ -39,4 +54,4 @@ def as_store(where: "Store | str | os.PathLike") -> Store:
 
 
 __all__ = ["LocalStore", "ObjectExists", "ObjectMissing", "Store", "StoreError", "StoredObject", "as_store",
-           "is_store_url", "join_key", "open_store"]
+           "is_store_url", "join_key", "open_store", "open_uri"]

@@ -1,7 +1,9 @@
 """The typed records: JSON at the edges, and manifests written by older versions still load."""
 
 import json
+from pathlib import Path
 
+from comfy_pipeline.batch.outputs import RunFolder
 from comfy_pipeline.batch.records import (
     CheckResult,
     FailedPrompt,
@@ -13,6 +15,7 @@ from comfy_pipeline.batch.records import (
     ServerInfo,
 )
 from comfy_pipeline.batch.report import write_report
+from comfy_pipeline.storage import LocalStore
 from comfy_pipeline.workflows.prompts import PromptSpec
 
 SPEC = {"text": "a red fox", "motion_prompt": None, "negative_prompt": None, "seed": 7, "width": 512,
@@ -54,8 +57,9 @@ def test_an_old_image_manifest_loads_with_defaults_for_what_it_did_not_record():
 
 
 def test_an_old_manifest_still_makes_a_report(tmp_path):
-    report = write_report(tmp_path, "run-1", {"generated_image": GenerationManifest.from_json(OLD_IMAGE_MANIFEST)})
-    rows = json.loads(report.json_path.read_text())["rows"]
+    old = GenerationManifest.from_json(OLD_IMAGE_MANIFEST)
+    report = write_report(_folder(tmp_path), "run-1", {"generated_image": old})
+    rows = json.loads(Path(report.json_path).read_text())["rows"]
     assert [(r["job"], r["verdict"], r["reason"]) for r in rows] == [
         ("prompt 0", "failed", "too small"),
         ("prompt 1", "failed", "ComfyUI prompt p-1 failed in node 57:3 (KSampler): RuntimeError: boom")]
@@ -119,3 +123,7 @@ def test_server_info_of_several_servers_lists_each_once():
     assert both.backend == "simulator" and both.servers == ("http://a:8188", "http://b:8188")
     assert both.comfyui_version == "0.33.0" and both.gpu == "RTX 4090, sim" and both.vram_total_gb == 32.0
     assert both.unreachable == ("http://c:8188: refused",) and both.connection_s == 0.1235
+
+
+def _folder(path: Path) -> RunFolder:
+    return RunFolder(LocalStore(path), "run")

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from comfy_pipeline.batch.outputs import RunFolder
 from comfy_pipeline.batch.records import CheckResult, FailedPrompt, GenerationManifest, OutputItem
 from comfy_pipeline.batch.report import COLUMNS, batch_figures, verdict, write_report
 from comfy_pipeline.media import ImageThresholds, validate_image
+from comfy_pipeline.storage import LocalStore
 from comfy_pipeline.workflows.prompts import PromptSpec
 
 SIZE = (256, 192)
@@ -42,8 +44,8 @@ def _manifest(tmp_path: Path) -> GenerationManifest:
 
 
 def test_one_row_per_output_verdict_and_reason_first_then_the_measures(tmp_path):
-    report = write_report(tmp_path / "reports", "run-1", {"generated_image": _manifest(tmp_path)})
-    written = json.loads(report.json_path.read_text())
+    report = write_report(_folder(tmp_path / "reports"), "run-1", {"generated_image": _manifest(tmp_path)})
+    written = json.loads(Path(report.json_path).read_text())
     rows = written["rows"]
     # Prompt order, a prompt's earlier attempt before the one it kept; the failed prompt in its place.
     assert [(r["job"], r["verdict"], r["attempt"], r["seed"]) for r in rows] == [
@@ -65,16 +67,16 @@ def test_one_row_per_output_verdict_and_reason_first_then_the_measures(tmp_path)
     kept_lumas = (kept["mean_luma"], flat["mean_luma"])  # not the black attempt's: it was not kept
     assert written["batches"]["generated_image"]["mean_luma_min"] == min(kept_lumas) > 0
 
-    text = report.csv_path.read_text()
+    text = Path(report.csv_path).read_text()
     assert text.splitlines()[0] == ",".join(COLUMNS)  # flat: verdict and reason first
     table = list(csv.DictReader(io.StringIO(text)))
     assert [r["verdict"] for r in table] == ["regenerated", "passed", "failed", "failed"]
     assert float(table[1]["mean_luma"]) == kept["mean_luma"] and table[1]["motion"] == ""
-    assert "Traceback" not in text and 'File "' not in text and "Traceback" not in report.json_path.read_text()
+    assert "Traceback" not in text and 'File "' not in text and "Traceback" not in Path(report.json_path).read_text()
 
 
 def test_the_failure_names_every_failed_prompt_and_output_with_its_reason(tmp_path):
-    report = write_report(tmp_path, "run-1", {"generated_image": _manifest(tmp_path)})
+    report = write_report(_folder(tmp_path), "run-1", {"generated_image": _manifest(tmp_path)})
     text = report.failure()
     first, *lines = text.splitlines()
     assert first.startswith("1 prompt(s) failed and 1 of 2 output(s) failed their checks") and first.endswith(":")
@@ -83,7 +85,7 @@ def test_the_failure_names_every_failed_prompt_and_output_with_its_reason(tmp_pa
     assert lines[1].startswith("prompt 2 ('a lighthouse on a cliff at dusk, waves breaking below, gu...'): ")
     assert f"...'): {tmp_path / 'flat.png'}: image is flat: luma spread 0.0" in lines[1]
     assert len(lines) == 2  # the regenerated attempt is no failure: its prompt kept a good output
-    only_outputs = write_report(tmp_path / "again", "run-2", {"generated_image": GenerationManifest(
+    only_outputs = write_report(_folder(tmp_path / "again"), "run-2", {"generated_image": GenerationManifest(
         _manifest(tmp_path).items)}).failure()
     assert only_outputs.startswith("1 of 2 output(s) failed their checks; everything good was made")
     said = verdict(report.rows)
@@ -108,6 +110,10 @@ def test_a_batch_that_passed_says_so(tmp_path):
     good = tmp_path / "good.png"
     Image.effect_noise(SIZE, 60).convert("RGB").save(good)
     manifest = GenerationManifest((_item(good, "prompt 0", "a fox", 1), _item(good, "prompt 1", "a hare", 2)))
-    report = write_report(tmp_path, "run-2", {"generated_image": manifest})
+    report = write_report(_folder(tmp_path), "run-2", {"generated_image": manifest})
     assert verdict(report.rows) == "2 of 2 outputs passed every check" and not report.failed
-    assert json.loads(report.json_path.read_text())["failed"] == 0
+    assert json.loads(Path(report.json_path).read_text())["failed"] == 0
+
+
+def _folder(path: Path) -> RunFolder:
+    return RunFolder(LocalStore(path), "run")

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from comfy_pipeline.batch import step
+from comfy_pipeline.batch.outputs import RunFolder
 from comfy_pipeline.batch.records import ServerInfo
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.errors import ServerUnreachable
 from comfy_pipeline.media import ImageThresholds
+from comfy_pipeline.storage import LocalStore
 from comfy_pipeline.workflows.prompts import PromptSpec
 
 SMALL = {"width": 256, "height": 256, "seed": 3}
@@ -22,7 +24,7 @@ class _Servers:
     """The least a step needs of its servers (the Dagster resource is the real one)."""
 
     clients: list
-    output_path: Path
+    output_store: LocalStore
     max_in_flight: int = 2
     prompt_timeout: float = 120.0
     queue_timeout: float = 120.0
@@ -40,7 +42,8 @@ class _Servers:
 def _run(servers: _Servers, sources: list[step.Source], tmp_path: Path, heard: list) -> step.StepOutcome:
     return step.run_gpu_step(
         step.IMAGES, sources, workflow_name="z_image_turbo_generation", prompt_ids=[], servers=servers,
-        thresholds=ImageThresholds(min_bytes=1), run_id="run-1", run_folder=tmp_path / "out" / "runs" / "r1",
+        thresholds=ImageThresholds(min_bytes=1), run_id="run-1",
+        run_folder=RunFolder(LocalStore(tmp_path / "out"), "runs/r1"),
         run_ended=lambda run_id: True, log=logging.getLogger("test"), on_server=heard.append,
     )
 
@@ -51,7 +54,7 @@ def test_a_step_returns_every_output_and_every_failed_prompt_with_its_traceback_
                step.Source(1, PromptSpec(text="the lucky one", **SMALL))]
     heard: list = []
     with ComfyUIClient(simulator.url) as client:
-        outcome = _run(_Servers([client], tmp_path / "out"), sources, tmp_path, heard)
+        outcome = _run(_Servers([client], LocalStore(tmp_path / "out")), sources, tmp_path, heard)
     assert [s.url for s in heard] == [simulator.url]  # told who the server is before anything was queued
     (made,) = outcome.items
     assert made.job == "prompt 1" and made.passed and Path(made.path).is_file() and made.comfyui_url == simulator.url
@@ -59,8 +62,8 @@ def test_a_step_returns_every_output_and_every_failed_prompt_with_its_traceback_
     assert failed.job == "prompt 0" and failed.comfyui_node == "57:3 (KSampler)" and "File \"" not in failed.error
     assert any('File "' in frame for frame in failed.server_traceback)
     assert not outcome.transient and outcome.summary().startswith("1 of 2 prompt(s) failed:")
-    listing = outcome.write_listing(tmp_path / "out" / "runs" / "r1", "generated_image")
-    written = json.loads(listing.read_text())
+    listing = outcome.write_listing(RunFolder(LocalStore(tmp_path / "out"), "runs/r1"), "generated_image")
+    written = json.loads(Path(listing).read_text())
     assert written["failed"][0]["server_traceback"]
     assert "server_traceback" not in outcome.manifest().to_json()["failed"][0]
 
@@ -71,15 +74,16 @@ def test_bad_prompt_ids_stop_the_step_before_anything_is_queued(simulator, tmp_p
             step.run_gpu_step(
                 step.IMAGES, [step.Source(0, PromptSpec(text="a fox", **SMALL))],
                 workflow_name="z_image_turbo_generation", prompt_ids=["not-a-uuid"],
-                servers=_Servers([client], tmp_path / "out"), thresholds=ImageThresholds(), run_id="run-2",
-                run_folder=tmp_path / "r2", run_ended=lambda run_id: True, log=logging.getLogger("test"),
+                servers=_Servers([client], LocalStore(tmp_path / "out")), thresholds=ImageThresholds(),
+                run_id="run-2", run_folder=RunFolder(LocalStore(tmp_path), "r2"), run_ended=lambda run_id: True,
+                log=logging.getLogger("test"),
             )
     assert simulator.busy_intervals() == []
 
 
 def test_a_server_that_does_not_answer_is_a_transient_step_failure(tmp_path):
     with ComfyUIClient("http://127.0.0.1:9", connect_timeout=1.0, server_down_timeout=1.0) as client:
-        servers = _Servers([client], tmp_path / "out")
+        servers = _Servers([client], LocalStore(tmp_path / "out"))
         with pytest.raises(ServerUnreachable) as error:
             _run(servers, [step.Source(0, PromptSpec(text="a fox", **SMALL))], tmp_path, [])
     assert error.value.transient
