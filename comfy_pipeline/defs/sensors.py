@@ -24,12 +24,6 @@ FAILURES_LOG = "failures.jsonl"
 MAX_STORE_ERRORS = 3  # objects the store failed to give in one tick before the rest waits for the next
 
 
-def output_store(comfy: ComfyUIResource) -> Store:
-    """The resource's output store (a local folder or an S3 bucket)."""
-    store = getattr(comfy, "output_store", None)  # the resource's own property, where it has one
-    return store if store is not None else settings.output_store(comfy.output_dir)
-
-
 def inbox_run_request(store: Store, dropped: inbox.Dropped) -> dg.RunRequest:
     """One run per prompt object. The run key is the content hash (plus the image's), so the same content dropped
     again does not run twice and an edited one does. Raises PromptError for a bad file (or image), so that a
@@ -78,7 +72,7 @@ def inbox_run_request(store: Store, dropped: inbox.Dropped) -> dg.RunRequest:
 )
 def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResource):
     try:
-        store = output_store(comfy)
+        store = comfy.output_store
     except settings.SettingError as exc:
         return dg.SkipReason(f"The output location is not usable: {exc}")
     breaker = breaker_state(context.instance, store.location)
