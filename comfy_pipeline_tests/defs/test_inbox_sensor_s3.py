@@ -7,6 +7,7 @@ import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -233,3 +234,27 @@ def test_a_tick_over_ten_thousand_handled_objects_only_lists(instance, comfy, st
     print(f"the next tick, nothing new, took {took:.2f} s; {len(s3_calls)} requests")
     assert isinstance(result, dg.SkipReason) and "no new prompt files" in result.skip_message
     assert {op for op, _ in s3_calls} == {"ListObjectsV2"}
+
+
+def test_an_inbox_drop_on_the_store_runs_and_its_video_lands_there(instance, store, location, s3_server, simulator,
+                                                                   tmp_path, monkeypatch):
+    # The whole way: a prompt and an image dropped on the store, the sensor's request, the run it starts.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    comfy = ComfyUIResource(url=simulator.url, output_dir=location)
+    spec = {"text": "a heron", "motion_prompt": "slow push-in", "frames": 9, "fps": 8}
+    store.put_bytes("inbox/heron.json", json.dumps(spec).encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        Image.effect_noise((640, 480), 60).convert("RGB").save(f"{tmp}/heron.png")  # enough detail to animate
+        store.put_file(Path(tmp) / "heron.png", "inbox/heron.png")
+    result, _ = tick(instance, comfy)
+    (request,) = requests(result)
+    config = {**request.run_config, "resources": {"comfy": {"config": {"url": simulator.url,
+                                                                        "output_dir": location}}}}
+    run = defs.resolve_job_def(request.job_name).execute_in_process(run_config=config, instance=instance,
+                                                                    tags=request.tags)
+    assert run.success, [e.message for e in run.all_events if e.is_failure]
+    videos = [k for k in s3_server.keys(store.bucket, "out/runs/") if "/videos/" in k]
+    assert len(videos) == 1 and videos[0].endswith(".mp4")
+    assert not list(scratch.glob("comfy-inbox-*"))  # the sensor's download of the image is gone
