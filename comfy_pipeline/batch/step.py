@@ -441,7 +441,7 @@ def cancel_orphans(servers: Servers, server: ServerInfo, run_ended: Callable[[st
     for client in servers.get_clients():
         if client.url not in server.servers:
             continue  # not answering: swept once it is back
-        found = ledger.cancel_orphans(_ledger_where(servers.output_store), client.url, client.cancel, run_ended)
+        found = ledger.cancel_orphans(servers.output_store, client.url, client.cancel, run_ended)
         for dead_run in sorted({e.run_id for e in found}):
             ids = [e.prompt_id for e in found if e.run_id == dead_run]
             log.warning(f"run {dead_run} died with {len(ids)} prompt(s) on {client.url}; cancelled them "
@@ -453,7 +453,7 @@ def cancel_orphans(servers: Servers, server: ServerInfo, run_ended: Callable[[st
 def _run(servers: Servers, server: ServerInfo, jobs: list, run_id: str, on_result: Callable[[JobResult], None],
          log: Any) -> list[JobResult]:
     clients = [c for c in servers.get_clients() if c.url in server.servers]  # those that answered
-    record = ledger.PromptLedger(_ledger_where(servers.output_store), run_id)
+    record = ledger.PromptLedger(servers.output_store, run_id)
     try:
         with interrupt_flag() as stop:
             results = run_batch(
@@ -480,7 +480,3 @@ def _warm_up_report_imports() -> None:
     if "pandas" not in sys.modules:
         threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
 
-
-def _ledger_where(store: Store):  # TEMPORARY until the ledger takes a store (branch state)
-    import tempfile
-    return store.root if store.local else Path(tempfile.gettempdir()) / "interim-ledger"

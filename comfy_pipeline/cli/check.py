@@ -41,6 +41,7 @@ from comfy_pipeline.cli.checkpoints import CheckpointError, CheckpointStore
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.comfyui.redaction import redact_url, scrub
 from comfy_pipeline.comfyui.session import SessionError
+from comfy_pipeline.storage import is_store_url
 from comfy_pipeline.workflows.prompts import (
     IMAGE_WORKFLOW,
     MAX_PROMPT_FILE_BYTES,
@@ -196,6 +197,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.report:
         print(store.format_report())
         return 0
+    _require_local_output(args.output_dir)
     if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     _runs_in_flight(), _queue_ahead_count()  # a bad setting is a usage error before any work
@@ -775,6 +777,17 @@ def _print_summary(results: list[TestResult], report_path: Path) -> None:
                 what = Path(row["path"]).name if row["path"] else f"{row['job']} ({row['prompt']!r})"
                 print(f"  {r.name}: {row['verdict']} {what}: {row['reason']}", file=sys.stderr)
     print(f"report: {report_path}", file=sys.stderr)
+
+
+def _require_local_output(output_dir: str) -> None:
+    """`check` keeps its test outputs, prompt records and reports in a local folder (it reads them back as files):
+    an object-store location, given or from COMFY_PIPELINE_OUTPUT_DIR, is a usage error saying what to pass."""
+    if not is_store_url(output_dir):
+        return
+    parts = urlsplit(output_dir)
+    shown = urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))  # never a user:password part
+    raise UsageError(f"the output location is an object store ({shown}, from --output-dir or "
+                     "COMFY_PIPELINE_OUTPUT_DIR); check needs a local folder: pass --output-dir DIR (a local folder)")
 
 
 def _error(message: str, args: argparse.Namespace) -> None:

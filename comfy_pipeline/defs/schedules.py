@@ -20,7 +20,13 @@ _SUBMITTED = [status for status in dg.DagsterRunStatus if status != dg.DagsterRu
     "COMFY_PIPELINE_DAILY_CRON / COMFY_PIPELINE_TIMEZONE say otherwise); one run per day.",
 )
 def daily_image_to_video_schedule(context: dg.ScheduleEvaluationContext, comfy: ComfyUIResource):
-    breaker = breaker_state(context.instance, comfy.output_path)
+    try:
+        store = comfy.output_store
+    except settings.SettingError as exc:  # a malformed output location: its runs would fail on it too
+        return dg.SkipReason(f"Cannot run: {exc}")
+    breaker = breaker_state(context.instance, store)
+    if breaker.warning:
+        context.log.warning(breaker.warning)
     if breaker.open:
         return dg.SkipReason(breaker.message)
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")

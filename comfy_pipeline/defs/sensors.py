@@ -16,11 +16,12 @@ from comfy_pipeline.defs.config import PromptConfig, VideoConfig
 from comfy_pipeline.defs.jobs import image_to_video_job, video_generation_job
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.media import MediaError, probe_image
-from comfy_pipeline.storage import ObjectMissing, Store, StoreError
+from comfy_pipeline.storage import ObjectExists, ObjectMissing, Store, StoreError
 from comfy_pipeline.workflows.prompts import PromptBytes, PromptError, check_specs, read_prompt_file
 from comfy_pipeline.workflows.workflow import WorkflowError
 
 FAILURES_LOG = "failures.jsonl"
+FAILURES_FOLDER = "failures"  # on an object store, which cannot append: one object per failed run
 MAX_STORE_ERRORS = 3  # objects the store failed to give in one tick before the rest waits for the next
 
 
@@ -75,7 +76,9 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
         store = comfy.output_store
     except settings.SettingError as exc:
         return dg.SkipReason(f"The output location is not usable: {exc}")
-    breaker = breaker_state(context.instance, store.location)
+    breaker = breaker_state(context.instance, store)
+    if breaker.warning:
+        context.log.warning(breaker.warning)
     if breaker.open:
         return dg.SkipReason(breaker.message)
     where = f"{store.uri(inbox.INBOX)}{'' if store.local else '/'}"
@@ -123,10 +126,17 @@ def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResou
     # No monitored_jobs: every job of this code location, the UI's Materialize runs (__ASSET_JOB) included.
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Appends each failed run of this code location (job, run id, error, ComfyUI node) to "
-    "<output folder>/failures.jsonl, and cancels any prompt the run left on the ComfyUI server.",
+    "<output folder>/failures.jsonl (on an object store: one object per failure under failures/), and cancels any "
+    "prompt the run left on the ComfyUI server.",
 )
 def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResource):
     secrets = comfy.secrets
+    run_id = context.dagster_run.run_id
+    try:
+        store = comfy.output_store
+    except settings.SettingError as exc:  # a malformed output location: the run's own failure names it too
+        context.log.warning(f"could not log failed run {run_id}: {scrub(str(exc), secrets)}")
+        return
     _cancel_prompts_left_behind(context, comfy)
     steps = []
     for event in context.get_step_failure_events():
@@ -140,12 +150,35 @@ def failure_log_sensor(context: dg.RunFailureSensorContext, comfy: ComfyUIResour
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "job": context.dagster_run.job_name,
-        "run_id": context.dagster_run.run_id,
+        "run_id": run_id,
         "error": scrub(context.failure_event.message or "", secrets),
         "steps": steps,
         "comfyui_node": next((s["comfyui_node"] for s in steps if s["comfyui_node"]), None),
     }
-    outputs.append_line(Path(comfy.output_path) / FAILURES_LOG, json.dumps(entry, ensure_ascii=False))
+    try:
+        where = log_failure(store, entry)
+    except StoreError as exc:
+        context.log.warning(f"could not log failed run {run_id} in {store.location}: {scrub(str(exc), secrets)}")
+        return
+    if where:
+        context.log.info(f"logged failed run {run_id} in {where}")
+
+
+def log_failure(store: Store, entry: dict) -> str | None:
+    """One failed run's entry: a line appended to failures.jsonl in a local folder, or an object of its own,
+    `failures/<UTC time>_<run id>.json`, on an object store. Where it went (None: it was there already)."""
+    line = json.dumps(entry, ensure_ascii=False)
+    local = store.path_of(FAILURES_LOG)  # None on an object store
+    if local is not None:
+        outputs.append_line(local, line)
+        return str(local)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    key = f"{FAILURES_FOLDER}/{stamp}_{outputs.slugify(entry['run_id'], 64)}.json"
+    try:
+        store.put_bytes(key, (line + "\n").encode("utf-8"))  # never replaces another entry
+    except ObjectExists:
+        return None  # this run, logged within the same second: a repeated evaluation of the same failure
+    return store.uri(key)
 
 
 def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: ComfyUIResource) -> None:
@@ -153,7 +186,12 @@ def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: Comf
     running on the server: cancel them (batch.ledger). Only for a configured server: the embedded simulator
     died with the run."""
     run_id = context.dagster_run.run_id
-    if not ledger.has_record(comfy.output_path, run_id):
+    try:
+        store = comfy.output_store
+        if not ledger.has_record(store, run_id):
+            return
+    except (StoreError, settings.SettingError) as exc:  # the next batch against that server sweeps again
+        context.log.warning(f"could not look for prompts run {run_id} left behind: {scrub(str(exc), comfy.secrets)}")
         return
     try:
         if comfy.configured_urls() in ([], ["simulator"]):
@@ -164,8 +202,7 @@ def _cancel_prompts_left_behind(context: dg.RunFailureSensorContext, comfy: Comf
     try:
         for client in comfy.get_clients():
             try:
-                found = ledger.cancel_orphans(comfy.output_path, client.url, client.cancel, lambda _: True,
-                                              only_run=run_id)
+                found = ledger.cancel_orphans(store, client.url, client.cancel, lambda _: True, only_run=run_id)
             except Exception as exc:  # the next batch against that server sweeps again
                 context.log.warning(f"could not cancel the prompts run {run_id} left on {client.url}: "
                                     f"{scrub(str(exc), comfy.secrets)}")

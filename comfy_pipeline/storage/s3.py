@@ -188,7 +188,7 @@ class S3Store:
             Path(tmp).unlink(missing_ok=True)
 
     def stat(self, key: str) -> StoredObject | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         full = self._key(key)
         try:
@@ -197,6 +197,9 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise _client_error(exc, "looking at", self._where(full)) from None
+        except BotoCoreError as exc:  # an endpoint that does not answer: a StoreError like every other request's
+            raise StoreError(f"looking at {self._where(full)}: {type(exc).__name__}: {exc}"
+                             f"{self._endpoint_hint()}") from None
         return StoredObject(key, head["ContentLength"], head["LastModified"].timestamp(), head.get("ETag", ""))
 
     def exists(self, key: str) -> bool:
