@@ -265,4 +265,4 @@ def test_an_inbox_drop_on_the_store_runs_and_its_video_lands_there(instance, sto
     assert run.success, [e.message for e in run.all_events if e.is_failure]
     videos = [k for k in s3_server.keys(store.bucket, "out/runs/") if "/videos/" in k]
     assert len(videos) == 1 and videos[0].endswith(".mp4")
-    assert not list(scratch.glob("comfy-inbox-*"))  # the sensor's download of the image is gone
+    assert list(scratch.iterdir()) == []  # the sensor's download and the run's staging folder are gone
