@@ -187,6 +187,28 @@ def test_a_bad_image_beside_a_prompt_is_set_aside_with_it(instance, comfy, store
     assert list(scratch.iterdir()) == []
 
 
+def test_an_object_the_store_will_not_give_is_left_in_place_and_tried_again(instance, comfy, store, monkeypatch):
+    from comfy_pipeline.storage import StoreError
+
+    real = S3Store.get_bytes
+
+    def refuse_one(self, key, **kwargs):
+        if key == "inbox/locked.txt":
+            raise StoreError(f"reading {self.uri(key)}: access denied (AccessDenied); check the AWS credentials")
+        return real(self, key, **kwargs)
+
+    store.put_bytes("inbox/good.txt", b"a quiet forest")
+    store.put_bytes("inbox/locked.txt", b"a locked door")
+    monkeypatch.setattr(S3Store, "get_bytes", refuse_one)
+    result, cursor = tick(instance, comfy)
+    assert [r.tags["comfy_pipeline/inbox_file"] for r in requests(result)] == ["good.txt"]
+    assert store.exists("inbox/locked.txt")  # the store's fault, not the file's: not set aside
+    assert not [o for o in store.objects("inbox/rejected")]
+    monkeypatch.setattr(S3Store, "get_bytes", real)
+    result, _ = tick(instance, comfy, cursor)
+    assert [r.tags["comfy_pipeline/inbox_file"] for r in requests(result)] == ["locked.txt"]
+
+
 def test_a_missing_bucket_is_a_clear_skip(instance, s3_env):
     comfy = ComfyUIResource(url="http://127.0.0.1:9", output_dir="s3://no-such-bucket-for-comfy/out")
     result, cursor = tick(instance, comfy, '{"fox.txt": [3, "etag"]}')
