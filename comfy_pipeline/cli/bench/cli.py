@@ -1,4 +1,5 @@
-"""`comfy-pipeline bench [--json] [--quick] [--scale]`: the performance figures, ours next to the baseline's.
+"""`comfy-pipeline bench [--json] [--quick] [--scale] [--s3-endpoint URL]`: the performance figures, ours next to
+the baseline's.
 
 Every figure carries the 1-minute load average before and after its measurement.
 
@@ -25,7 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer prompts and a 64 MiB download instead of 1 GiB (well under a minute)")
+                        help="fewer prompts and a 64 MiB download and upload instead of 1 GiB (well under a "
+                        "minute)")
+    parser.add_argument("--s3-endpoint", metavar="URL",
+                        help="measure the S3 upload figure against this S3 API server (credentials from the AWS "
+                        "chain; the bench makes a bucket there and removes it) instead of a moto server it starts "
+                        "on loopback")
     parser.add_argument("--scale", action="store_true",
                         help="also the figures at scale: client cost per prompt (100 and 1,000 prompts), peak RSS "
                         "from 10 to 1,000 prompts, Dagster event-log rows and metadata per prompt, the GPU "
@@ -38,14 +44,16 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: every other `comfy-pipeline` command stays fast.
     from comfy_pipeline.cli.bench import measurements, scale, servers, validation
     from comfy_pipeline.cli.bench.definitions_load import definitions_validate
-    from comfy_pipeline.cli.bench.memory import download_memory
+    from comfy_pipeline.cli.bench.memory import download_memory, upload_memory
     from comfy_pipeline.cli.bench.report import as_json, machine, table
+    from comfy_pipeline.cli.bench.s3_target import MOTO_MISSING, bench_bucket, moto_available
 
     plan = measurements.QUICK if args.quick else measurements.FULL
     host = machine()
     started = time.monotonic()
     figures: list[Figure] = []
     video: list[Path | None] = []
+    skipped: dict[str, str] = {}
 
     def pipeline() -> list[Figure]:
         figures, made = measurements.pipeline_figures(plan, work / "pipeline")
@@ -58,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
                  lambda: [definitions_validate(plan.validate_repeats, work / "defs")], ["definitions_validate_s"])
         _measure(figures, "download memory", lambda: [download_memory(plan.download_bytes, work / "memory")],
                  ["download_peak_memory_mb"])
+        if args.s3_endpoint or moto_available():
+            def upload() -> list[Figure]:
+                with bench_bucket(work / "s3", args.s3_endpoint) as target:
+                    return [upload_memory(plan.upload_bytes, work / "s3", target)]
+
+            _measure(figures, "S3 upload memory", upload, ["upload_peak_memory_mb"])
+        else:  # moto is a dev dependency: without it this one figure is left out, the others still count
+            skipped["upload_peak_memory_mb"] = MOTO_MISSING
+            print(f"bench: S3 upload memory skipped: {MOTO_MISSING}", file=sys.stderr, flush=True)
         _measure(figures, "notice latency, GPU utilisation, image_to_video_job overhead", pipeline,
                  ["notice_latency_median_ms", "notice_latency_p95_ms", "gpu_utilisation", "job_overhead_s"])
         _measure(figures, "video validation",
@@ -80,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                      ["two_server_throughput"])
     report = as_json(figures, quick=args.quick, seconds=time.monotonic() - started, host=host)
     report["scale"] = args.scale
+    report["skipped"] = skipped
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -87,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{'quick' if args.quick else 'full'} run{' with --scale' if args.scale else ''}, "
               f"{report['seconds']} s on {host['cpus']} CPUs, Python {host['python']}, load average at start "
               f"{host['load_average_at_start']}")
+        for key, why in skipped.items():
+            print(f"skipped {key}: {why}")
     if report["missed"]:
         print(f"bench: target missed: {', '.join(report['missed'])}", file=sys.stderr)
         return 1

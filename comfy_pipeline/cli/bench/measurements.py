@@ -45,6 +45,7 @@ class Plan:
     baseline_prompts: int  # prompts the baseline runs one after the other (each costs it ~5 s)
     job_runs: int  # image_to_video_job runs of ours, each on a fresh simulator and instance (median)
     download_bytes: int
+    upload_bytes: int  # the S3 upload figure's file (a stand-in for a big video)
     video_repeats: int
     validate_repeats: int  # of each `dagster definitions validate`
     # The baseline's two runs are ~90% asleep in its 5 s polls: --quick runs them at the same time (on
@@ -52,10 +53,10 @@ class Plan:
     baselines_together: bool
 
 
-FULL = Plan(batch_prompts=20, baseline_prompts=20, job_runs=3, download_bytes=1024**3, video_repeats=5,
-            validate_repeats=5, baselines_together=False)
-QUICK = Plan(batch_prompts=4, baseline_prompts=2, job_runs=1, download_bytes=64 * 1024**2, video_repeats=3,
-             validate_repeats=2, baselines_together=True)
+FULL = Plan(batch_prompts=20, baseline_prompts=20, job_runs=3, download_bytes=1024**3, upload_bytes=1024**3,
+            video_repeats=5, validate_repeats=5, baselines_together=False)
+QUICK = Plan(batch_prompts=4, baseline_prompts=2, job_runs=1, download_bytes=64 * 1024**2,
+             upload_bytes=64 * 1024**2, video_repeats=3, validate_repeats=2, baselines_together=True)
 
 
 class NoticingClient(ComfyUIClient):
