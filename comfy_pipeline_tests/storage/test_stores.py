@@ -126,6 +126,9 @@ def test_errors_say_what_to_fix_without_secrets(s3_env, monkeypatch):
     assert s3_env.env()["AWS_SECRET_ACCESS_KEY"] not in str(missing.value)
     with pytest.raises(StoreError, match="s3://bucket/prefix"):
         open_store("s3://user:pw@bucket/p")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "not-a-url")
+    with pytest.raises(StoreError, match="is not a URL"):
+        open_store("s3://bucket-x/p").put_bytes("a.txt", b"x")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(StoreError, match="endpoint http://127.0.0.1:9"):
