@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,45 +16,50 @@ from comfy_pipeline.defs.config import PromptConfig, VideoConfig
 from comfy_pipeline.defs.jobs import image_to_video_job, video_generation_job
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.media import MediaError, probe_image
-from comfy_pipeline.storage import ObjectExists, Store, StoreError
-from comfy_pipeline.workflows.prompts import PromptError, check_specs, read_prompt_file
+from comfy_pipeline.storage import ObjectExists, ObjectMissing, Store, StoreError
+from comfy_pipeline.workflows.prompts import PromptBytes, PromptError, check_specs, read_prompt_file
 from comfy_pipeline.workflows.workflow import WorkflowError
 
 FAILURES_LOG = "failures.jsonl"
 FAILURES_FOLDER = "failures"  # on an object store, which cannot append: one object per failed run
+MAX_STORE_ERRORS = 3  # objects the store failed to give in one tick before the rest waits for the next
 
 
-def inbox_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "inbox"
-
-
-def inbox_run_request(prompt_file: Path) -> dg.RunRequest:
-    """One run per prompt file. The run key is the content hash (plus the image's), so the same file dropped
+def inbox_run_request(store: Store, dropped: inbox.Dropped) -> dg.RunRequest:
+    """One run per prompt object. The run key is the content hash (plus the image's), so the same content dropped
     again does not run twice and an edited one does. Raises PromptError for a bad file (or image), so that a
-    run that would fail on its values never starts."""
-    specs = check_specs(read_prompt_file(prompt_file))
-    digest = hashlib.sha256(prompt_file.read_bytes())
-    image = inbox.image_beside(prompt_file)
-    tags = {"comfy_pipeline/inbox_file": prompt_file.name}
-    if image is not None:
+    run that would fail on its values never starts; StoreError when the store cannot be read."""
+    data = inbox.read_prompt(store, dropped)
+    specs = check_specs(read_prompt_file(PromptBytes(dropped.name, data)))
+    digest = hashlib.sha256(data)
+    tags = {"comfy_pipeline/inbox_file": dropped.name}
+    if dropped.image is None:
+        return dg.RunRequest(
+            run_key=f"inbox-{digest.hexdigest()}",
+            job_name=image_to_video_job.name,
+            run_config=dg.RunConfig(ops={"prompt": PromptConfig.from_specs(specs)}),
+            tags=tags,
+        )
+    key = dropped.image.key
+    inbox.check_image_size(dropped, store)
+    # Probed where it is on disk; downloaded to a temporary folder from a remote store, gone after the probe.
+    with tempfile.TemporaryDirectory(prefix="comfy-inbox-") as tmp:
+        image = store.get_file(key, Path(tmp))
         try:
             probe_image(image)
         except MediaError as exc:
             raise PromptError(
-                f"{prompt_file.name}: the image beside it, {image.name}, cannot be used ({exc}); replace it with a "
-                "PNG, JPEG or WebP image, or remove it to generate the image from the prompt"
+                f"{dropped.name}: the image beside it, {key.rsplit('/', 1)[-1]}, cannot be used "
+                f"({str(exc).replace(str(image), store.uri(key))}); replace it with a PNG, JPEG or WebP image, "
+                "or remove it to generate the image from the prompt"
             ) from None
-        digest.update(image.read_bytes())
-        return dg.RunRequest(
-            run_key=f"inbox-{digest.hexdigest()}",
-            job_name=video_generation_job.name,
-            run_config=dg.RunConfig(ops={"ltx2_video": VideoConfig.animate(image.resolve(), specs[0])}),
-            tags=tags,
-        )
+        inbox.hash_file(digest, image)
+    local = store.path_of(key)  # the video step reads a local image in place, an s3:// one from the store
     return dg.RunRequest(
         run_key=f"inbox-{digest.hexdigest()}",
-        job_name=image_to_video_job.name,
-        run_config=dg.RunConfig(ops={"prompt": PromptConfig.from_specs(specs)}),
+        job_name=video_generation_job.name,
+        run_config=dg.RunConfig(
+            ops={"ltx2_video": VideoConfig.animate(local.resolve() if local else store.uri(key), specs[0])}),
         tags=tags,
     )
 
@@ -63,44 +69,56 @@ def inbox_run_request(prompt_file: Path) -> dg.RunRequest:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts a run for every new prompt file (.txt or .json; an image beside it makes it video-only) "
-    "dropped into <output folder>/inbox.",
+    "dropped into <output location>/inbox (a folder, or s3://bucket/prefix/inbox/).",
 )
 def prompt_inbox_sensor(context: dg.SensorEvaluationContext, comfy: ComfyUIResource):
-    breaker = breaker_state(context.instance, comfy.output_path)
+    try:
+        store = comfy.output_store
+    except settings.SettingError as exc:
+        return dg.SkipReason(f"The output location is not usable: {exc}")
+    breaker = breaker_state(context.instance, store)
+    if breaker.warning:
+        context.log.warning(breaker.warning)
     if breaker.open:
         return dg.SkipReason(breaker.message)
-    folder = inbox_dir(comfy.output_path)
-    if folder.exists() and not folder.is_dir():
-        return dg.SkipReason(f"{folder} is not a folder: remove it, or set the output folder elsewhere, so the inbox "
-                             "can be created there.")
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        handled = json.loads(context.cursor) if context.cursor else {}
-    except ValueError:
-        handled = {}
+    where = f"{store.uri(inbox.INBOX)}{'' if store.local else '/'}"
     settle = settings.inbox_settle_s(inbox.SETTLE_S)
-    found = inbox.scan(folder, handled if isinstance(handled, dict) else {}, settle=settle)
-    requests, problems = [], []
-    for path in found.ready:
+    try:
+        inbox.prepare(store)
+        found = inbox.scan(store, inbox.load_cursor(context.cursor), settle=settle)
+    except StoreError as exc:  # the cursor stays as it was: nothing was handled
+        return dg.SkipReason(f"Cannot look into the inbox {where}: {exc}")
+    requests, problems, unreadable = [], [], []
+    for dropped in found.ready:
+        name = dropped.name
         try:
-            requests.append(inbox_run_request(path))
-            inbox.mark_handled(found, path)
+            requests.append(inbox_run_request(store, dropped))
+            inbox.mark_handled(found, dropped)
+        except ObjectMissing:
+            continue  # removed (or replaced) since the listing: the next tick sees what is there now
+        except StoreError as exc:  # the store, not the file: left in place and tried again next tick
+            unreadable.append(f"{name}: {exc}")
+            if len(unreadable) >= MAX_STORE_ERRORS:
+                break  # the store is likely down: the rest waits for the next tick
         except Exception as exc:  # any bad file, however bad, is set aside: it must never block the others
             reason = str(exc) if isinstance(exc, (PromptError, WorkflowError)) else f"{type(exc).__name__}: {exc}"
-            reason = reason if reason.startswith(path.name) else f"{path.name}: {reason}"
+            reason = reason if reason.startswith(name) else f"{name}: {reason}"
             try:
-                inbox.reject(path, reason)
+                inbox.reject(store, dropped, reason)
                 problems.append(f"{reason} (moved to {inbox.REJECTED}/)")
-            except OSError as move_error:
-                inbox.mark_handled(found, path)  # cannot move it: remember it, so it is reported once
-                problems.append(f"{reason} (could not move it aside: {move_error.strerror})")
-    context.update_cursor(json.dumps(found.cursor))
+            except (OSError, StoreError) as move_error:
+                inbox.mark_handled(found, dropped)  # cannot move it: remember it, so it is reported once
+                why = move_error.strerror if isinstance(move_error, OSError) else str(move_error)
+                problems.append(f"{reason} (could not move it aside: {why})")
+    context.update_cursor(inbox.dump_cursor(found))
     for problem in problems:
         context.log.warning(f"skipped inbox file {problem}")
+    for problem in unreadable:
+        context.log.warning(f"could not read inbox file {problem}; tried again next tick")
     if not requests:
-        reasons = problems + [f"{name}: still being written; taken once unchanged for {settle:g} s"
-                              for name in found.waiting]
-        return dg.SkipReason("; ".join(reasons) if reasons else f"no new prompt files in {folder}")
+        reasons = problems + [f"could not read {p}; tried again next tick" for p in unreadable] + [
+            f"{name}: still being written; taken once unchanged for {settle:g} s" for name in found.waiting]
+        return dg.SkipReason("; ".join(reasons) if reasons else f"no new prompt files in {where}")
     return dg.SensorResult(run_requests=requests)
 
 

@@ -72,10 +72,15 @@ class S3Store:
 
                 # A session per store: boto3's default session is not thread-safe to create clients from.
                 session = boto3.session.Session()
-                self._client = session.client(
-                    "s3", endpoint_url=self.endpoint_url,
-                    config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=16,
-                                  connect_timeout=10, read_timeout=120))
+                try:
+                    self._client = session.client(
+                        "s3", endpoint_url=self.endpoint_url,
+                        config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=16,
+                                      connect_timeout=10, read_timeout=120))
+                except ValueError:  # botocore's "Invalid endpoint: <the URL>", which may hold a password
+                    raise StoreError(f"{self.location}: the S3 endpoint {_safe_url(self.endpoint_url)!r} is not a "
+                                     "URL; set AWS_ENDPOINT_URL (or s3_endpoint_url) to e.g. "
+                                     "http://minio:9000") from None
             return self._client
 
     def _call(self, what: str, key: str, operation: Callable, **kwargs):

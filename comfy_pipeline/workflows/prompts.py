@@ -9,7 +9,7 @@ import stat
 import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from comfy_pipeline.workflows.workflow import WorkflowError, load_workflow
@@ -181,22 +181,43 @@ def load_json_bounded(text: str, where: str, *, max_depth: int = MAX_JSON_DEPTH)
         raise PromptError(f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
 
 
-def read_prompt_file(path: Path) -> list[PromptSpec]:
+@dataclass(frozen=True)
+class PromptBytes:
+    """A prompt file's name and content, already read from wherever it was (an object store's inbox)."""
+
+    name: str
+    data: bytes
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix
+
+
+def check_prompt_file_size(name: str, size: int) -> None:
+    """A prompt file above MAX_PROMPT_FILE_BYTES is refused before it is read."""
+    if size > MAX_PROMPT_FILE_BYTES:
+        raise PromptError(f"{name}: {size:,} bytes is too big for a prompt file "
+                          f"(limit {MAX_PROMPT_FILE_BYTES:,}).")
+
+
+def read_prompt_file(path: Path | PromptBytes) -> list[PromptSpec]:
     """`.txt`: the whole file is one prompt. `.json`: a spec, a list of specs, or the seed's prompts.json.
     Only a regular file (not a FIFO, a device or a folder), at most MAX_PROMPT_FILE_BYTES, at most
-    MAX_PROMPTS_PER_FILE prompts."""
+    MAX_PROMPTS_PER_FILE prompts. A PromptBytes is parsed by the same rules (its name gives the kind)."""
+    if isinstance(path, PromptBytes):
+        check_prompt_file_size(path.name, len(path.data))
+        data = path.data
+    else:
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise PromptError(f"{path.name}: cannot be read ({exc.strerror}).") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise PromptError(f"{path}: not a regular file; give the path of a .txt or .json prompt file.")
+        check_prompt_file_size(path.name, info.st_size)
+        data = path.read_bytes()
     try:
-        info = path.stat()
-    except OSError as exc:
-        raise PromptError(f"{path.name}: cannot be read ({exc.strerror}).") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise PromptError(f"{path}: not a regular file; give the path of a .txt or .json prompt file.")
-    size = info.st_size
-    if size > MAX_PROMPT_FILE_BYTES:
-        raise PromptError(f"{path.name}: {size:,} bytes is too big for a prompt file "
-                          f"(limit {MAX_PROMPT_FILE_BYTES:,}).")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PromptError(
             f"{path.name}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8."

@@ -13,6 +13,7 @@ import pytest
 
 from comfy_pipeline.batch import ledger
 from comfy_pipeline.storage import StoreError, open_store
+from comfy_pipeline_tests.support.helpers import StepServers
 
 A, B = "http://a:8188", "http://b:8188"
 
@@ -178,24 +179,6 @@ def test_a_local_store_keeps_the_one_file_layout(tmp_path):
     assert not (tmp_path / "out" / ".inflight").exists() or not list((tmp_path / "out" / ".inflight").iterdir())
 
 
-class _Servers:
-    """What a GPU step needs of the resource: its clients and the output store."""
-
-    max_in_flight, prompt_timeout, queue_timeout = 2, 120.0, 120.0
-
-    def __init__(self, clients: list, output_store):
-        self.clients, self.output_store = clients, output_store
-
-    def get_clients(self) -> list:
-        return self.clients
-
-    def server_info(self):
-        from comfy_pipeline.batch.records import ServerInfo
-
-        url = self.clients[0].url
-        return ServerInfo("simulator", url, (url,), "0.33.0", "simulated")
-
-
 def test_a_gpu_step_on_the_store_records_each_prompt_before_submitting_and_leaves_no_record(
         simulator, store, s3_env, bucket, monkeypatch):
     import logging
@@ -220,7 +203,7 @@ def test_a_gpu_step_on_the_store_records_each_prompt_before_submitting_and_leave
         result = step.run_gpu_step(
             step.IMAGES, [step.Source(i, PromptSpec(text=f"fox {i}", width=256, height=256, seed=i))
                           for i in range(2)],
-            workflow_name="z_image_turbo_generation", prompt_ids=[], servers=_Servers([client], store),
+            workflow_name="z_image_turbo_generation", prompt_ids=[], servers=StepServers([client], store),
             thresholds=ImageThresholds(min_bytes=1), run_id="run-on-s3", run_folder=RunFolder.of(store, "run-on-s3", 0),
             run_ended=lambda run_id: False, log=logging.getLogger("test"))
     assert all(item.passed for item in result.items)

@@ -4,7 +4,6 @@ staging folder, then uploaded whole; an image kept on the store is fetched befor
 import io
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,29 +11,13 @@ from PIL import Image
 
 from comfy_pipeline.batch import step
 from comfy_pipeline.batch.outputs import STAGING_PREFIX, RunFolder
-from comfy_pipeline.batch.records import ServerInfo
 from comfy_pipeline.comfyui.client import ComfyUIClient
 from comfy_pipeline.media import ImageThresholds, VideoThresholds
-from comfy_pipeline.storage import Store, open_store
+from comfy_pipeline.storage import open_store
 from comfy_pipeline.workflows.prompts import PromptSpec
+from comfy_pipeline_tests.support.helpers import StepServers
 
 SMALL = {"width": 256, "height": 256, "seed": 3}
-
-
-@dataclass
-class _Servers:
-    clients: list
-    output_store: Store
-    max_in_flight: int = 2
-    prompt_timeout: float = 120.0
-    queue_timeout: float = 120.0
-
-    def get_clients(self) -> list:
-        return self.clients
-
-    def server_info(self) -> ServerInfo:
-        url = self.clients[0].url
-        return ServerInfo("simulator", url, (url,), "0.33.0", "simulated")
 
 
 def _staging_folders() -> set[str]:
@@ -47,7 +30,7 @@ def test_images_then_videos_go_to_the_bucket_whole_and_leave_no_local_files(simu
     run_folder = RunFolder.of(store, "run-s3-1", 1_700_000_000)
     before = _staging_folders()
     with ComfyUIClient(simulator.url) as client:
-        servers = _Servers([client], store)
+        servers = StepServers([client], store)
         images = step.run_gpu_step(
             step.IMAGES, [step.Source(0, PromptSpec(text="a red fox", **SMALL))],
             workflow_name="z_image_turbo_generation", prompt_ids=[], servers=servers,
@@ -82,7 +65,7 @@ def test_a_missing_input_image_on_the_store_is_refused_before_anything_is_queued
         with pytest.raises(step.StepInputError, match="none.png does not exist"):
             step.run_gpu_step(
                 step.VIDEOS, sources, workflow_name="ltx2_image_to_video", prompt_ids=[],
-                servers=_Servers([client], store), thresholds=VideoThresholds(), run_id="run-s3-2",
+                servers=StepServers([client], store), thresholds=VideoThresholds(), run_id="run-s3-2",
                 run_folder=RunFolder.of(store, "run-s3-2", 1_700_000_000), run_ended=lambda run_id: False,
                 log=logging.getLogger("test"))
     assert simulator.busy_intervals() == [] and s3_env.keys(bucket) == []

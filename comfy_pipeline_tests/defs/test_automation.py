@@ -13,7 +13,7 @@ from comfy_pipeline.defs import circuit_breaker
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.defs.schedules import daily_image_to_video_schedule
 from comfy_pipeline.defs.sensors import failure_log_sensor, prompt_inbox_sensor
-from comfy_pipeline_tests.support.helpers import wait_until
+from comfy_pipeline_tests.support.helpers import evaluate_failure_sensor, wait_until
 
 
 @pytest.fixture
@@ -123,16 +123,7 @@ def test_failure_sensor_logs_job_run_and_error_without_secrets(instance, tmp_pat
     monkeypatch.setenv("COMFYUI_TOKEN", "canary-token-123")  # credentials come from the environment only
     comfy = ComfyUIResource(url="http://127.0.0.1:9", output_dir=str(tmp_path / "out"))
     (run_id,) = fail_runs(instance, 1, tmp_path)
-    run = instance.get_run_by_id(run_id)
-    failure_event = next(
-        r.event_log_entry.dagster_event
-        for r in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-    )
-    with dg.build_run_status_sensor_context(
-        sensor_name="failure_log_sensor", dagster_instance=instance, dagster_run=run, dagster_event=failure_event,
-        resources={"comfy": comfy},
-    ) as ctx:
-        failure_log_sensor(ctx.for_run_failure())
+    evaluate_failure_sensor(instance, run_id, comfy)
     log_text = (tmp_path / "out" / "failures.jsonl").read_text()
     entry = json.loads(log_text.splitlines()[-1])
     assert entry["job"] == "image_generation_job" and entry["run_id"] == run_id
@@ -183,16 +174,7 @@ def test_failure_sensor_covers_ui_materializations_and_cancels_what_the_run_left
         ledger.record("0b7c9d2e-1111-4a4a-8888-000000000001", client.url)
         client.submit(graph, prompt_id="0b7c9d2e-1111-4a4a-8888-000000000001")
         assert client.status("0b7c9d2e-1111-4a4a-8888-000000000001") in ("pending", "running")
-        comfy = ComfyUIResource(url=sim.url, output_dir=str(out))
-        failure_event = next(
-            r.event_log_entry.dagster_event
-            for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-        )
-        with dg.build_run_status_sensor_context(
-            sensor_name="failure_log_sensor", dagster_instance=instance, dagster_run=run, dagster_event=failure_event,
-            resources={"comfy": comfy},
-        ) as ctx:
-            failure_log_sensor(ctx.for_run_failure())
+        evaluate_failure_sensor(instance, run.run_id, ComfyUIResource(url=sim.url, output_dir=str(out)))
         assert wait_until(lambda: client.status("0b7c9d2e-1111-4a4a-8888-000000000001") in ("done", "unknown"), 10)
         assert client.queue() == {"queue_running": [], "queue_pending": []}
     entry = json.loads((out / "failures.jsonl").read_text().splitlines()[-1])

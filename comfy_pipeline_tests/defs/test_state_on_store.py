@@ -16,9 +16,8 @@ from comfy_pipeline.definitions import defs
 from comfy_pipeline.defs import circuit_breaker
 from comfy_pipeline.defs.resources import ComfyUIResource
 from comfy_pipeline.defs.schedules import daily_image_to_video_schedule
-from comfy_pipeline.defs.sensors import failure_log_sensor
 from comfy_pipeline.storage import open_store
-from comfy_pipeline_tests.support.helpers import free_port, wait_until
+from comfy_pipeline_tests.support.helpers import evaluate_failure_sensor, free_port, wait_until
 
 DEAD_SERVER = "http://127.0.0.1:9"
 
@@ -39,19 +38,6 @@ def fail_runs(instance, n: int, location: str, job_name: str = "image_generation
     job = defs.resolve_job_def(job_name)
     return [job.execute_in_process(run_config=config, instance=instance, raise_on_error=False).run_id
             for _ in range(n)]
-
-
-def evaluate_failure_sensor(instance, run_id: str, comfy: ComfyUIResource) -> None:
-    run = instance.get_run_by_id(run_id)
-    failure_event = next(
-        r.event_log_entry.dagster_event
-        for r in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-    )
-    with dg.build_run_status_sensor_context(
-        sensor_name="failure_log_sensor", dagster_instance=instance, dagster_run=run, dagster_event=failure_event,
-        resources={"comfy": comfy},
-    ) as ctx:
-        failure_log_sensor(ctx.for_run_failure())
 
 
 def test_each_failed_run_is_one_object_in_failures(instance, s3_env, bucket, location, monkeypatch, tmp_path):

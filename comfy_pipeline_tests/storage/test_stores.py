@@ -70,13 +70,19 @@ def test_keys_cannot_leave_the_store(store):
             store.put_bytes(key, b"x")
 
 
-def test_a_big_file_goes_up_in_parts_and_never_replaces(s3_env, tmp_path: Path, monkeypatch):
+@pytest.fixture
+def big(tmp_path: Path, monkeypatch) -> Path:
+    """An 11 MiB file, with parts of 5 MiB from 6 MiB on: three parts."""
     monkeypatch.setattr(s3_store, "MULTIPART_FROM", 6 * 1024 * 1024)
     monkeypatch.setattr(s3_store, "PART_BYTES", 5 * 1024 * 1024)
+    path = tmp_path / "big.mp4"
+    path.write_bytes(os.urandom(11 * 1024 * 1024))
+    return path
+
+
+def test_a_big_file_goes_up_in_parts_and_never_replaces(s3_env, big: Path):
     bucket = s3_env.new_bucket()
     store = open_store(f"s3://{bucket}/p")
-    big = tmp_path / "big.mp4"
-    big.write_bytes(os.urandom(11 * 1024 * 1024))
     assert store.put_file(big, "runs/r/videos/v.mp4") == "runs/r/videos/v.mp4"
     head = s3_env.client().head_object(Bucket=bucket, Key="p/runs/r/videos/v.mp4")
     assert head["ContentLength"] == big.stat().st_size and head["ETag"].strip('"').endswith("-3")  # 3 parts
@@ -85,13 +91,9 @@ def test_a_big_file_goes_up_in_parts_and_never_replaces(s3_env, tmp_path: Path, 
     assert s3_env.uploads(bucket) == []  # the refused upload was aborted, not left behind
 
 
-def test_an_upload_cut_short_leaves_nothing_under_the_key(s3_env, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(s3_store, "MULTIPART_FROM", 6 * 1024 * 1024)
-    monkeypatch.setattr(s3_store, "PART_BYTES", 5 * 1024 * 1024)
+def test_an_upload_cut_short_leaves_nothing_under_the_key(s3_env, big: Path, monkeypatch):
     bucket = s3_env.new_bucket()
     store = open_store(f"s3://{bucket}")
-    big = tmp_path / "big.mp4"
-    big.write_bytes(os.urandom(11 * 1024 * 1024))
     calls = []
     real_upload_part = store.client.upload_part
 
@@ -124,6 +126,9 @@ def test_errors_say_what_to_fix_without_secrets(s3_env, monkeypatch):
     assert s3_env.env()["AWS_SECRET_ACCESS_KEY"] not in str(missing.value)
     with pytest.raises(StoreError, match="s3://bucket/prefix"):
         open_store("s3://user:pw@bucket/p")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "not-a-url")
+    with pytest.raises(StoreError, match="is not a URL"):
+        open_store("s3://bucket-x/p").put_bytes("a.txt", b"x")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(StoreError, match="endpoint http://127.0.0.1:9"):

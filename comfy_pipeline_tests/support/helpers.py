@@ -319,3 +319,41 @@ def quick_graph(prefix: str, color: int = 0) -> dict:
         "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": color}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
+
+
+# -- steps and sensors without the whole pipeline ---------------------------------------------------------------
+
+
+class StepServers:
+    """What a GPU step needs of its servers (batch.step.Servers): the clients and the output store. The Dagster
+    resource is the real one."""
+
+    max_in_flight, prompt_timeout, queue_timeout = 2, 120.0, 120.0
+
+    def __init__(self, clients: list, output_store):
+        self.clients, self.output_store = clients, output_store
+
+    def get_clients(self) -> list:
+        return self.clients
+
+    def server_info(self):
+        from comfy_pipeline.batch.records import ServerInfo
+
+        url = self.clients[0].url
+        return ServerInfo("simulator", url, (url,), "0.33.0", "simulated")
+
+
+def evaluate_failure_sensor(instance, run_id: str, comfy) -> None:
+    """The failure sensor, evaluated once for the failed run `run_id` as the daemon would, with `comfy`."""
+    from comfy_pipeline.defs.sensors import failure_log_sensor
+
+    run = instance.get_run_by_id(run_id)
+    failure_event = next(
+        r.event_log_entry.dagster_event
+        for r in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    )
+    with dg.build_run_status_sensor_context(
+        sensor_name="failure_log_sensor", dagster_instance=instance, dagster_run=run, dagster_event=failure_event,
+        resources={"comfy": comfy},
+    ) as ctx:
+        failure_log_sensor(ctx.for_run_failure())
